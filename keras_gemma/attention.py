@@ -1,0 +1,171 @@
+"""Gemma's attention: multi-head, multi-query or grouped-query, with a cache.
+
+One layer covers every Gemma generation through a few switches:
+- ``num_key_value_heads`` < ``num_query_heads``: each key/value head serves a
+  group of query heads (1 for multi-query, as in Gemma 2B and 3 270M).
+- ``query_pre_attn_scalar``: queries are scaled by its inverse square root
+  (``head_dim`` for most models; Gemma 2 27B uses ``hidden_dim / heads``).
+- ``attention_logit_soft_cap`` (Gemma 2): ``cap * tanh(logits / cap)``.
+- ``use_query_key_norm`` (Gemma 3): RMSNorm over each query and key head.
+Which positions may be attended to (causal, padding, sliding window) is
+decided by the mask the caller passes in.
+"""
+
+import keras
+from keras import ops
+
+from keras_gemma.rms_norm import RMSNorm
+from keras_gemma.rotary_embedding import apply_rotary
+
+# Added to masked logits. Finite, so that a row with every key masked gives a
+# uniform distribution instead of NaN.
+MASKED_LOGIT = -1e9
+
+
+class GemmaAttention(keras.layers.Layer):
+    def __init__(
+        self,
+        hidden_dim,
+        num_query_heads,
+        num_key_value_heads,
+        head_dim,
+        query_pre_attn_scalar=None,
+        attention_logit_soft_cap=None,
+        use_query_key_norm=False,
+        layer_norm_epsilon=1e-6,
+        dropout=0.0,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if num_query_heads % num_key_value_heads:
+            raise ValueError(
+                f"num_query_heads ({num_query_heads}) must be a multiple of "
+                f"num_key_value_heads ({num_key_value_heads})."
+            )
+        self.hidden_dim = hidden_dim
+        self.num_query_heads = num_query_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.head_dim = head_dim
+        self.query_pre_attn_scalar = query_pre_attn_scalar or head_dim
+        self.attention_logit_soft_cap = attention_logit_soft_cap
+        self.use_query_key_norm = use_query_key_norm
+        self.dropout = dropout
+
+        def projection(units, name):
+            return keras.layers.Dense(
+                units,
+                use_bias=False,
+                kernel_initializer=kernel_initializer,
+                dtype=self.dtype_policy,
+                name=name,
+            )
+
+        self.query = projection(num_query_heads * head_dim, "query")
+        self.key = projection(num_key_value_heads * head_dim, "key")
+        self.value = projection(num_key_value_heads * head_dim, "value")
+        self.output_projection = projection(hidden_dim, "output")
+        if use_query_key_norm:
+            self.query_norm = RMSNorm(
+                layer_norm_epsilon, dtype=self.dtype_policy, name="query_norm"
+            )
+            self.key_norm = RMSNorm(
+                layer_norm_epsilon, dtype=self.dtype_policy, name="key_norm"
+            )
+        self.dropout_layer = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape):
+        for layer in (self.query, self.key, self.value):
+            layer.build(input_shape)
+        self.output_projection.build(
+            (None, None, self.num_query_heads * self.head_dim)
+        )
+        if self.use_query_key_norm:
+            self.query_norm.build((None, None, None, self.head_dim))
+            self.key_norm.build((None, None, None, self.head_dim))
+        self.built = True
+
+    def _split_heads(self, x, num_heads):
+        batch, time = ops.shape(x)[0], ops.shape(x)[1]
+        return ops.reshape(x, (batch, time, num_heads, self.head_dim))
+
+    def call(
+        self,
+        x,
+        attention_mask,
+        rotary_cos,
+        rotary_sin,
+        cache=None,
+        cache_update_index=0,
+        training=False,
+    ):
+        """Attends from ``x`` (batch, time, hidden) to itself or the cache.
+
+        ``attention_mask`` is boolean (batch, time, keys); ``keys`` is
+        ``time`` without a cache and the cache length with one. ``cache`` is
+        a ``(key, value)`` pair, each (batch, keys, kv_heads, head_dim); the
+        new keys and values are written at ``cache_update_index`` and the
+        updated pair is returned beside the output.
+        """
+        query = self._split_heads(self.query(x), self.num_query_heads)
+        key = self._split_heads(self.key(x), self.num_key_value_heads)
+        value = self._split_heads(self.value(x), self.num_key_value_heads)
+        if self.use_query_key_norm:
+            query = self.query_norm(query)
+            key = self.key_norm(key)
+        query = apply_rotary(query, rotary_cos, rotary_sin)
+        key = apply_rotary(key, rotary_cos, rotary_sin)
+
+        if cache is not None:
+            key_cache, value_cache = cache
+            start = [0, cache_update_index, 0, 0]
+            key = ops.slice_update(key_cache, start, ops.cast(key, key_cache.dtype))
+            value = ops.slice_update(
+                value_cache, start, ops.cast(value, value_cache.dtype)
+            )
+            cache = (key, value)
+            key = ops.cast(key, self.compute_dtype)
+            value = ops.cast(value, self.compute_dtype)
+
+        output = self._attend(query, key, value, attention_mask, training)
+        output = self.output_projection(output)
+        return (output, cache) if cache is not None else output
+
+    def _attend(self, query, key, value, attention_mask, training):
+        batch, time = ops.shape(query)[0], ops.shape(query)[1]
+        groups = self.num_query_heads // self.num_key_value_heads
+        query = query * ops.cast(self.query_pre_attn_scalar**-0.5, query.dtype)
+        # Group query heads by the key/value head they share, so a single
+        # key/value head is never copied `groups` times.
+        query = ops.reshape(
+            query,
+            (batch, time, self.num_key_value_heads, groups, self.head_dim),
+        )
+        logits = ops.einsum("btkgh,bskh->bkgts", query, key)
+        logits = ops.cast(logits, "float32")
+        if self.attention_logit_soft_cap is not None:
+            cap = self.attention_logit_soft_cap
+            logits = ops.tanh(logits / cap) * cap
+        mask = attention_mask[:, None, None, :, :]
+        logits = ops.where(mask, logits, MASKED_LOGIT)
+        probabilities = ops.softmax(logits, axis=-1)
+        probabilities = ops.cast(probabilities, self.compute_dtype)
+        if self.dropout:
+            probabilities = self.dropout_layer(probabilities, training=training)
+        output = ops.einsum("bkgts,bskh->btkgh", probabilities, value)
+        return ops.reshape(
+            output, (batch, time, self.num_query_heads * self.head_dim)
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_dim": self.hidden_dim,
+            "num_query_heads": self.num_query_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "query_pre_attn_scalar": self.query_pre_attn_scalar,
+            "attention_logit_soft_cap": self.attention_logit_soft_cap,
+            "use_query_key_norm": self.use_query_key_norm,
+            "dropout": self.dropout,
+        }

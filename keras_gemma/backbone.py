@@ -1,0 +1,386 @@
+"""The Gemma transformer: embeddings, decoder blocks, final norm.
+
+Gemma 1, 2 and 3 (text) are one class. What changes between generations is
+a handful of switches, all in the constructor:
+
+| switch                        | Gemma 1 | Gemma 2        | Gemma 3         |
+|-------------------------------|---------|----------------|-----------------|
+| attention_logit_soft_cap      | None    | 50.0           | None            |
+| final_logit_soft_cap          | None    | 30.0           | None            |
+| use_post_attention_norm       | False   | True           | True            |
+| use_post_feedforward_norm     | False   | True           | True            |
+| use_query_key_norm            | False   | False          | True            |
+| sliding_window_size           | None    | 4096           | 512 or 1024     |
+| sliding_window_pattern        | None    | 2 (alternate)  | 6 (5 local : 1) |
+| rope_max_wavelength (global)  | 10,000  | 10,000         | 1,000,000       |
+| local_rope_max_wavelength     | -       | 10,000         | 10,000          |
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_gemma.decoder_block import GemmaDecoderBlock
+from keras_gemma.embedding import TiedEmbedding
+from keras_gemma.rms_norm import RMSNorm
+from keras_gemma.rotary_embedding import rotary_cos_sin
+
+# Constructor arguments that make up a backbone's config, with defaults.
+CONFIG_DEFAULTS = {
+    "layer_norm_epsilon": 1e-6,
+    "dropout": 0.0,
+    "query_pre_attn_scalar": None,
+    "attention_logit_soft_cap": None,
+    "final_logit_soft_cap": None,
+    "use_post_attention_norm": False,
+    "use_post_feedforward_norm": False,
+    "use_query_key_norm": False,
+    "sliding_window_size": None,
+    "sliding_window_pattern": None,
+    "rope_max_wavelength": 10_000.0,
+    "rope_scaling_factor": 1.0,
+    "local_rope_max_wavelength": None,
+}
+REQUIRED_CONFIG = (
+    "vocabulary_size",
+    "num_layers",
+    "num_query_heads",
+    "num_key_value_heads",
+    "hidden_dim",
+    "intermediate_dim",
+    "head_dim",
+)
+
+
+class GemmaBackbone(keras.Model):
+    """Gemma decoder-only transformer, returning final hidden states.
+
+    Args:
+        vocabulary_size: number of token ids.
+        num_layers: number of decoder blocks.
+        num_query_heads: attention heads for queries.
+        num_key_value_heads: heads for keys and values (1 = multi-query).
+        hidden_dim: width of the residual stream.
+        intermediate_dim: width of the feed-forward's hidden layer, as in
+            Hugging Face's ``intermediate_size``. (keras-hub's Gemma 1 and 2
+            configs store twice this number; their presets are converted.)
+        head_dim: width of each attention head; need not equal
+            ``hidden_dim / num_query_heads``.
+        layer_norm_epsilon: RMSNorm epsilon.
+        dropout: dropout rate for attention probabilities and residual
+            branches during training.
+        query_pre_attn_scalar: queries are multiplied by its ``-0.5`` power;
+            defaults to ``head_dim``.
+        attention_logit_soft_cap, final_logit_soft_cap: Gemma 2's soft caps.
+        use_post_attention_norm, use_post_feedforward_norm: Gemma 2 and 3's
+            extra norms after each sub-layer.
+        use_query_key_norm: Gemma 3's RMSNorm on query and key heads.
+        sliding_window_size: if set, local layers attend only to the last
+            ``sliding_window_size`` positions (the query's own included).
+        sliding_window_pattern: every ``sliding_window_pattern``-th layer is
+            global and the others are local (2 in Gemma 2, 6 in Gemma 3).
+            ``None`` with a window size makes every layer local.
+        rope_max_wavelength: RoPE base of global layers.
+        rope_scaling_factor: positions of global layers are divided by it.
+        local_rope_max_wavelength: RoPE base of local layers; defaults to
+            ``rope_max_wavelength``.
+        dtype: a Keras dtype policy, e.g. ``"float32"``, ``"bfloat16"`` or
+            ``"mixed_bfloat16"``.
+
+    Example:
+
+    ```python
+    import numpy as np
+    import keras_gemma
+
+    backbone = keras_gemma.GemmaBackbone(
+        vocabulary_size=256, num_layers=2, num_query_heads=4,
+        num_key_value_heads=1, hidden_dim=32, intermediate_dim=64,
+        head_dim=16,
+    )
+    hidden = backbone({
+        "token_ids": np.array([[2, 17, 42, 0]]),
+        "padding_mask": np.array([[1, 1, 1, 0]]),
+    })  # (1, 4, 32)
+    logits = backbone.compute_logits(hidden)  # (1, 4, 256)
+    ```
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        num_layers,
+        num_query_heads,
+        num_key_value_heads,
+        hidden_dim,
+        intermediate_dim,
+        head_dim,
+        layer_norm_epsilon=1e-6,
+        dropout=0.0,
+        query_pre_attn_scalar=None,
+        attention_logit_soft_cap=None,
+        final_logit_soft_cap=None,
+        use_post_attention_norm=False,
+        use_post_feedforward_norm=False,
+        use_query_key_norm=False,
+        sliding_window_size=None,
+        sliding_window_pattern=None,
+        rope_max_wavelength=10_000.0,
+        rope_scaling_factor=1.0,
+        local_rope_max_wavelength=None,
+        dtype=None,
+        **kwargs,
+    ):
+        super().__init__(dtype=dtype, **kwargs)
+        self.vocabulary_size = vocabulary_size
+        self.num_layers = num_layers
+        self.num_query_heads = num_query_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.head_dim = head_dim
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.dropout = dropout
+        self.query_pre_attn_scalar = query_pre_attn_scalar
+        self.attention_logit_soft_cap = attention_logit_soft_cap
+        self.final_logit_soft_cap = final_logit_soft_cap
+        self.use_post_attention_norm = use_post_attention_norm
+        self.use_post_feedforward_norm = use_post_feedforward_norm
+        self.use_query_key_norm = use_query_key_norm
+        self.sliding_window_size = sliding_window_size
+        self.sliding_window_pattern = sliding_window_pattern
+        self.rope_max_wavelength = rope_max_wavelength
+        self.rope_scaling_factor = rope_scaling_factor
+        self.local_rope_max_wavelength = local_rope_max_wavelength
+        _validate_config(self._config())
+
+        policy = self.dtype_policy
+        self.token_embedding = TiedEmbedding(
+            vocabulary_size, hidden_dim, dtype=policy, name="token_embedding"
+        )
+        self.decoder_blocks = [
+            GemmaDecoderBlock(
+                hidden_dim=hidden_dim,
+                intermediate_dim=intermediate_dim,
+                num_query_heads=num_query_heads,
+                num_key_value_heads=num_key_value_heads,
+                head_dim=head_dim,
+                layer_norm_epsilon=layer_norm_epsilon,
+                query_pre_attn_scalar=query_pre_attn_scalar,
+                attention_logit_soft_cap=attention_logit_soft_cap,
+                use_query_key_norm=use_query_key_norm,
+                use_post_attention_norm=use_post_attention_norm,
+                use_post_feedforward_norm=use_post_feedforward_norm,
+                use_sliding_window=self.is_sliding_window_layer(i),
+                dropout=dropout,
+                dtype=policy,
+                name=f"decoder_block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.final_norm = RMSNorm(
+            layer_norm_epsilon, dtype=policy, name="final_norm"
+        )
+        # Build eagerly, so weights exist (and can be counted or loaded)
+        # before the first call.
+        self.token_embedding.build()
+        for block in self.decoder_blocks:
+            block.build()
+        self.final_norm.build((None, None, hidden_dim))
+        self.built = True
+
+    def is_sliding_window_layer(self, index):
+        if self.sliding_window_size is None:
+            return False
+        if self.sliding_window_pattern is None:
+            return True
+        return (index + 1) % self.sliding_window_pattern != 0
+
+    # -- forward -----------------------------------------------------------
+
+    def call(self, inputs, training=False):
+        """``inputs``: dict of ``token_ids`` and ``padding_mask``, (batch, time).
+
+        Returns the final hidden states, (batch, time, hidden_dim).
+        """
+        if not isinstance(inputs, dict):
+            inputs = {"token_ids": inputs}
+        hidden, _ = self.compute_hidden_states(
+            inputs["token_ids"], inputs.get("padding_mask"), training=training
+        )
+        return hidden
+
+    def compute_hidden_states(
+        self,
+        token_ids,
+        padding_mask=None,
+        cache=None,
+        cache_update_index=0,
+        training=False,
+    ):
+        """Runs the transformer, optionally reading and writing a cache.
+
+        With ``cache`` (from ``init_cache``), ``token_ids`` are placed at
+        positions ``cache_update_index ...`` and attend to everything the
+        cache holds before them; the updated cache is returned. Without it,
+        the tokens are positions ``0 ... time - 1``. ``padding_mask`` marks
+        the keys that may be attended to (batch, keys).
+        """
+        time = ops.shape(token_ids)[1]
+        key_length = time if cache is None else ops.shape(cache[0][0])[1]
+        query_positions = ops.arange(time, dtype="int32") + ops.cast(
+            cache_update_index, "int32"
+        )
+        key_positions = ops.arange(key_length, dtype="int32")
+        distance = query_positions[:, None] - key_positions[None, :]
+        global_mask = ops.expand_dims(distance >= 0, 0)
+        if padding_mask is not None:
+            padding_mask = ops.cast(padding_mask, "bool")[:, None, :]
+            global_mask = ops.logical_and(global_mask, padding_mask)
+        local_mask = global_mask
+        if self.sliding_window_size is not None:
+            in_window = ops.expand_dims(distance < self.sliding_window_size, 0)
+            local_mask = ops.logical_and(global_mask, in_window)
+
+        global_rotary = rotary_cos_sin(
+            query_positions,
+            self.head_dim,
+            self.rope_max_wavelength,
+            self.rope_scaling_factor,
+        )
+        local_rotary = rotary_cos_sin(
+            query_positions,
+            self.head_dim,
+            self.local_rope_max_wavelength or self.rope_max_wavelength,
+        )
+
+        x = self.token_embedding(token_ids)
+        x = x * ops.cast(math.sqrt(self.hidden_dim), x.dtype)
+        new_cache = []
+        for i, block in enumerate(self.decoder_blocks):
+            local = block.use_sliding_window
+            rotary_cos, rotary_sin = local_rotary if local else global_rotary
+            x = block(
+                x,
+                attention_mask=local_mask if local else global_mask,
+                rotary_cos=rotary_cos,
+                rotary_sin=rotary_sin,
+                cache=None if cache is None else cache[i],
+                cache_update_index=cache_update_index,
+                training=training,
+            )
+            if cache is not None:
+                x, layer_cache = x
+                new_cache.append(layer_cache)
+        x = self.final_norm(x)
+        return x, (new_cache if cache is not None else None)
+
+    def compute_logits(self, hidden_states):
+        """Projects hidden states to float32 vocabulary logits."""
+        logits = self.token_embedding(hidden_states, reverse=True)
+        logits = ops.cast(logits, "float32")
+        if self.final_logit_soft_cap is not None:
+            cap = self.final_logit_soft_cap
+            logits = ops.tanh(logits / cap) * cap
+        return logits
+
+    def init_cache(self, batch_size, max_length, dtype=None):
+        """An empty key/value cache: one ``(key, value)`` pair per layer."""
+        shape = (batch_size, max_length, self.num_key_value_heads, self.head_dim)
+        dtype = dtype or self.compute_dtype
+        return [
+            (ops.zeros(shape, dtype), ops.zeros(shape, dtype))
+            for _ in range(self.num_layers)
+        ]
+
+    # -- config ------------------------------------------------------------
+
+    def _config(self):
+        return {
+            name: getattr(self, name)
+            for name in (*REQUIRED_CONFIG, *CONFIG_DEFAULTS)
+        }
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            **self._config(),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+    @staticmethod
+    def count_parameters(config):
+        """Parameters of a backbone with this config, without building it."""
+        config = {**CONFIG_DEFAULTS, **config}
+        hidden = config["hidden_dim"]
+        head_dim = config["head_dim"]
+        attention = hidden * head_dim * (
+            2 * config["num_query_heads"] + 2 * config["num_key_value_heads"]
+        )
+        feedforward = 3 * hidden * config["intermediate_dim"]
+        norms = hidden * (
+            2
+            + config["use_post_attention_norm"]
+            + config["use_post_feedforward_norm"]
+        )
+        if config["use_query_key_norm"]:
+            norms += 2 * head_dim
+        per_layer = attention + feedforward + norms
+        embedding = config["vocabulary_size"] * hidden
+        return embedding + config["num_layers"] * per_layer + hidden
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, dtype=None, **kwargs):
+        """Builds the backbone of a preset name, directory or checkpoint.
+
+        See ``keras_gemma.presets`` for the places searched. With
+        ``load_weights=False`` only the architecture is built (random
+        weights), which needs no files beyond the preset's JSON.
+        """
+        from keras_gemma import preset_io
+
+        return preset_io.load_backbone(
+            preset, load_weights=load_weights, dtype=dtype, **kwargs
+        )
+
+    def save_to_preset(self, preset_dir):
+        """Writes config and weights in keras-hub's preset layout, atomically."""
+        from keras_gemma import preset_io
+
+        preset_io.save_preset(preset_dir, backbone=self)
+
+
+def _validate_config(config):
+    for name in REQUIRED_CONFIG:
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"GemmaBackbone: `{name}` must be a positive integer, got "
+                f"{value!r}."
+            )
+    if config["num_query_heads"] % config["num_key_value_heads"]:
+        raise ValueError(
+            "GemmaBackbone: `num_query_heads` "
+            f"({config['num_query_heads']}) must be a multiple of "
+            f"`num_key_value_heads` ({config['num_key_value_heads']})."
+        )
+    if config["head_dim"] % 2:
+        raise ValueError(
+            f"GemmaBackbone: `head_dim` must be even for rotary embeddings, "
+            f"got {config['head_dim']}."
+        )
+    window = config["sliding_window_size"]
+    if window is not None and (not isinstance(window, int) or window < 1):
+        raise ValueError(
+            "GemmaBackbone: `sliding_window_size` must be None or a positive "
+            f"integer, got {window!r}."
+        )

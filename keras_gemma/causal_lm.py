@@ -1,0 +1,384 @@
+"""``GemmaCausalLM``: a backbone with its preprocessor, for generation,
+scoring and fine-tuning."""
+
+import json
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_gemma import backend
+from keras_gemma import samplers as samplers_lib
+from keras_gemma.backbone import GemmaBackbone
+from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
+
+# Prompts are prefilled in buckets of this many positions, so prompts of
+# similar length share one compiled program.
+PREFILL_BUCKET = 32
+
+
+class GemmaCausalLM(keras.Model):
+    """A Gemma language model: next-token logits, ``generate``, ``score``, ``fit``.
+
+    Calling the model on ``{"token_ids", "padding_mask"}`` returns float32
+    logits (batch, time, vocabulary). ``generate`` takes strings (or
+    token-id dicts) and returns strings; ``fit`` takes strings and trains
+    with next-token cross-entropy through the preprocessor.
+
+    Args:
+        backbone: a ``keras_gemma.GemmaBackbone``.
+        preprocessor: a ``keras_gemma.GemmaCausalLMPreprocessor`` or None
+            (then ``generate`` and ``fit`` take token ids only).
+
+    Example:
+
+    ```python
+    import keras_gemma
+
+    gemma = keras_gemma.GemmaCausalLM.from_preset("gemma3_270m")
+    gemma.generate("The capital of France is", max_length=32)
+    gemma.compile(sampler=keras_gemma.samplers.TopKSampler(k=10))
+    gemma.generate(["Once upon a time", "def fib(n):"], max_length=48)
+    ```
+    """
+
+    def __init__(self, backbone, preprocessor=None, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        self.sampler = samplers_lib.GreedySampler()
+        self._generate_functions = {}
+        self.built = True
+
+    def call(self, inputs, training=False):
+        hidden = self.backbone(inputs, training=training)
+        return self.backbone.compute_logits(hidden)
+
+    # -- training ------------------------------------------------------------
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        weighted_metrics="auto",
+        sampler="greedy",
+        **kwargs,
+    ):
+        """Keras ``compile`` with language-model defaults, plus ``sampler``.
+
+        Defaults: AdamW (learning rate 5e-5, weight decay 0.01, embeddings and
+        norms excluded from decay), cross-entropy from logits with padding
+        masked through sample weights, and token accuracy.
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(learning_rate=5e-5, weight_decay=0.01)
+            optimizer.exclude_from_weight_decay(var_names=["scale", "embeddings"])
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if weighted_metrics == "auto":
+            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy()]
+        super().compile(
+            optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs
+        )
+        self.sampler = samplers_lib.get(sampler)
+        self._generate_functions = {}
+
+    def _preprocess_for_training(self, x, y, sample_weight):
+        if _is_text(x):
+            if self.preprocessor is None:
+                raise ValueError(
+                    "This model has no preprocessor, so it cannot train on "
+                    "strings. Pass token ids, or build it with one."
+                )
+            return self.preprocessor(x, y, sample_weight)
+        return x, y, sample_weight
+
+    def fit(self, x=None, y=None, batch_size=None, sample_weight=None,
+            validation_data=None, **kwargs):
+        """``keras.Model.fit``; strings go through the preprocessor first."""
+        if _is_text(x) and len(x) == 0:
+            raise ValueError("fit() got an empty dataset: no strings to train on.")
+        x, y, sample_weight = self._preprocess_for_training(x, y, sample_weight)
+        if validation_data is not None and _is_text(validation_data):
+            validation_data = self._preprocess_for_training(validation_data, None, None)
+        return super().fit(
+            x=x, y=y, batch_size=batch_size, sample_weight=sample_weight,
+            validation_data=validation_data, **kwargs,
+        )
+
+    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
+        x, y, sample_weight = self._preprocess_for_training(x, y, sample_weight)
+        return super().evaluate(
+            x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs
+        )
+
+    # -- scoring -------------------------------------------------------------
+
+    def score(self, token_ids, padding_mask=None, scoring_mode="logits",
+              target_ids=None):
+        """Logits (batch, time, vocabulary) or per-token loss (batch, time).
+
+        As keras-hub's ``score``: with ``scoring_mode="loss"``, ``target_ids``
+        (usually the inputs shifted left by one) are scored with
+        cross-entropy, and padded positions get zero loss.
+        """
+        if scoring_mode not in ("logits", "loss"):
+            raise ValueError(
+                f"`scoring_mode` must be 'logits' or 'loss', got {scoring_mode!r}."
+            )
+        if scoring_mode == "loss" and target_ids is None:
+            raise ValueError("scoring_mode='loss' needs `target_ids`.")
+        token_ids = ops.convert_to_tensor(token_ids, "int32")
+        if padding_mask is None:
+            padding_mask = ops.ones_like(token_ids, "bool")
+        with backend.no_grad():
+            logits = self({"token_ids": token_ids, "padding_mask": padding_mask})
+            if scoring_mode == "logits":
+                return logits
+            loss = keras.losses.sparse_categorical_crossentropy(
+                ops.convert_to_tensor(target_ids, "int32"), logits, from_logits=True
+            )
+            return loss * ops.cast(padding_mask, loss.dtype)
+
+    # -- generation ----------------------------------------------------------
+
+    def generate(self, inputs, max_length=None, stop_token_ids="auto",
+                 strip_prompt=False, seed=None):
+        """Continues prompts with the compiled sampler, using a key/value cache.
+
+        Args:
+            inputs: a string, a list of strings, or a dict of ``token_ids``
+                and ``padding_mask`` arrays (batch, length) with prompts
+                right-padded; for a dict, the output is a dict of the same
+                form with generated tokens filled in.
+            max_length: total length, prompt included (default: the
+                preprocessor's ``sequence_length``; for dict input, the
+                dict's length).
+            stop_token_ids: ``"auto"`` (``<eos>`` and ``<end_of_turn>``), a
+                list of ids, or None to always generate to ``max_length``.
+            strip_prompt: return only the new text, not prompt + new text.
+            seed: integer making random samplers reproducible.
+
+        Returns strings for string input (one string for one prompt).
+        """
+        if isinstance(inputs, dict):
+            token_ids, padding_mask, single = self._validate_token_input(inputs, max_length)
+            strings = False
+        else:
+            if self.preprocessor is None:
+                raise ValueError(
+                    "generate() on strings needs a preprocessor; pass a dict "
+                    "of token_ids and padding_mask instead."
+                )
+            _check_max_length(max_length)
+            single = isinstance(inputs, str)
+            batch = self.preprocessor.generate_preprocess(inputs, max_length)
+            token_ids, padding_mask = batch["token_ids"], batch["padding_mask"]
+            strings = True
+        stop_ids = self._stop_token_ids(stop_token_ids)
+        prompt_mask = padding_mask.copy()
+        token_ids = self._generate_tokens(token_ids, padding_mask, stop_ids, seed)
+        output_mask = _mask_after_stop(token_ids, prompt_mask, stop_ids)
+        if strip_prompt:
+            output_mask &= ~prompt_mask
+        if not strings:
+            return {"token_ids": token_ids, "padding_mask": output_mask}
+        texts = self.preprocessor.generate_postprocess(
+            {"token_ids": token_ids, "padding_mask": output_mask}
+        )
+        return texts[0] if single else texts
+
+    def _validate_token_input(self, inputs, max_length):
+        if "token_ids" not in inputs:
+            raise ValueError("generate() dict input needs a 'token_ids' entry.")
+        token_ids = np.asarray(inputs["token_ids"])
+        single = token_ids.ndim == 1
+        token_ids = np.atleast_2d(token_ids).astype("int32")
+        padding_mask = inputs.get("padding_mask")
+        if padding_mask is None:
+            padding_mask = token_ids != self.backbone_pad_id()
+        padding_mask = np.atleast_2d(np.asarray(padding_mask)).astype(bool)
+        if padding_mask.shape != token_ids.shape:
+            raise ValueError(
+                f"padding_mask has shape {padding_mask.shape} but token_ids "
+                f"has {token_ids.shape}."
+            )
+        if not padding_mask[:, 0].all():
+            raise ValueError("Every prompt needs at least one token, right-padded.")
+        vocabulary_size = self.backbone.vocabulary_size
+        if token_ids.min() < 0 or token_ids.max() >= vocabulary_size:
+            raise ValueError(
+                f"token_ids must lie in [0, {vocabulary_size}); got values from "
+                f"{token_ids.min()} to {token_ids.max()}."
+            )
+        _check_max_length(max_length)
+        length = token_ids.shape[1]
+        longest = int(padding_mask.sum(axis=1).max())
+        if max_length is not None:
+            if longest >= max_length:
+                raise ValueError(
+                    f"max_length={max_length} must exceed the longest prompt "
+                    f"({longest} tokens)."
+                )
+            if max_length > length:
+                pad = ((0, 0), (0, max_length - length))
+                token_ids = np.pad(token_ids, pad, constant_values=self.backbone_pad_id())
+                padding_mask = np.pad(padding_mask, pad)
+            else:
+                token_ids, padding_mask = token_ids[:, :max_length], padding_mask[:, :max_length]
+        elif longest >= length:
+            raise ValueError(
+                "The token_ids leave no room to generate: pass `max_length` "
+                "or pad the input to the total length you want."
+            )
+        return token_ids, padding_mask, single
+
+    def backbone_pad_id(self):
+        if self.preprocessor is not None:
+            return self.preprocessor.tokenizer.pad_token_id
+        return 0
+
+    def _stop_token_ids(self, stop_token_ids):
+        if stop_token_ids is None:
+            return []
+        if isinstance(stop_token_ids, str):
+            if stop_token_ids != "auto":
+                raise ValueError(
+                    f"stop_token_ids must be 'auto', None or a list of ids, "
+                    f"got {stop_token_ids!r}."
+                )
+            if self.preprocessor is None:
+                return [1]  # Gemma's <eos>
+            tokenizer = self.preprocessor.tokenizer
+            ids = [tokenizer.eos_token_id, tokenizer.end_of_turn_token_id]
+            return [i for i in ids if i is not None]
+        ids = [int(i) for i in stop_token_ids]
+        if any(not 0 <= i < self.backbone.vocabulary_size for i in ids):
+            raise ValueError(f"stop_token_ids {ids} lie outside the vocabulary.")
+        return ids
+
+    def _generate_tokens(self, token_ids, padding_mask, stop_ids, seed):
+        batch_size, max_length = token_ids.shape
+        shortest = int(padding_mask.sum(axis=1).min())
+        prefill_length = min(max_length, -(-shortest // PREFILL_BUCKET) * PREFILL_BUCKET)
+        key = (json.dumps(type(self.sampler).__name__), json.dumps(self.sampler.get_config()), prefill_length)
+        if key not in self._generate_functions:
+            self._generate_functions[key] = backend.compile_inference(
+                self, self._make_generate_loop(self.sampler, prefill_length)
+            )
+        generate_loop = self._generate_functions[key]
+        rng = np.random.default_rng(seed)
+        uniforms = rng.random((max_length, batch_size), dtype="float32")
+        stop = np.asarray(stop_ids or [-1], "int32")
+        output = generate_loop(
+            ops.convert_to_tensor(token_ids, "int32"),
+            ops.convert_to_tensor(padding_mask, "bool"),
+            ops.convert_to_tensor(uniforms, "float32"),
+            ops.convert_to_tensor(stop, "int32"),
+        )
+        return np.asarray(ops.convert_to_numpy(output)).astype("int32")
+
+    def _make_generate_loop(self, sampler, prefill_length):
+        backbone = self.backbone
+
+        def generate_loop(token_ids, padding_mask, uniforms, stop_ids):
+            batch_size, max_length = ops.shape(token_ids)
+            cache = backbone.init_cache(batch_size, max_length)
+            _, cache = backbone.compute_hidden_states(
+                token_ids[:, :prefill_length], cache=cache, cache_update_index=0
+            )
+            start = ops.min(ops.sum(ops.cast(padding_mask, "int32"), axis=1))
+
+            def cond(index, token_ids, cache, finished):
+                return ops.logical_and(
+                    index < max_length, ops.logical_not(ops.all(finished))
+                )
+
+            def body(index, token_ids, cache, finished):
+                previous = ops.slice(token_ids, [0, index - 1], [batch_size, 1])
+                hidden, cache = backbone.compute_hidden_states(
+                    previous, cache=cache, cache_update_index=index - 1
+                )
+                logits = backbone.compute_logits(hidden)[:, 0, :]
+                sampled = sampler(logits, ops.take(uniforms, index, axis=0))
+                in_prompt = ops.take(padding_mask, index, axis=1)
+                given = ops.take(token_ids, index, axis=1)
+                next_token = ops.where(in_prompt, given, sampled)
+                token_ids = ops.slice_update(
+                    token_ids, [0, index], ops.cast(next_token[:, None], token_ids.dtype)
+                )
+                is_stop = ops.any(next_token[:, None] == stop_ids[None, :], axis=-1)
+                finished = ops.logical_or(
+                    finished, ops.logical_and(ops.logical_not(in_prompt), is_stop)
+                )
+                return index + 1, token_ids, cache, finished
+
+            finished = ops.zeros((batch_size,), "bool")
+            _, token_ids, _, _ = ops.while_loop(
+                cond, body, (start, token_ids, cache, finished)
+            )
+            return token_ids
+
+        return generate_loop
+
+    # -- presets -------------------------------------------------------------
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, dtype=None, **kwargs):
+        """A model from a preset name, preset directory or checkpoint path."""
+        from keras_gemma import preset_io
+
+        return preset_io.load_causal_lm(
+            preset, load_weights=load_weights, dtype=dtype, **kwargs
+        )
+
+    def save_to_preset(self, preset_dir):
+        """Writes backbone, tokenizer and preprocessor config atomically."""
+        from keras_gemma import preset_io
+
+        preset_io.save_preset(
+            preset_dir, backbone=self.backbone, preprocessor=self.preprocessor
+        )
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        backbone = config.pop("backbone")
+        if isinstance(backbone, dict):
+            backbone = keras.saving.deserialize_keras_object(
+                backbone, custom_objects={"GemmaBackbone": GemmaBackbone}
+            )
+        return cls(backbone=backbone, **config)
+
+
+def _is_text(x):
+    if isinstance(x, str):
+        return True
+    if isinstance(x, np.ndarray):
+        return x.dtype.kind in "USO"
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(
+        isinstance(i, str) for i in x
+    ) or (isinstance(x, (list, tuple)) and len(x) == 0)
+
+
+def _check_max_length(max_length):
+    if max_length is not None and (
+        isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2
+    ):
+        raise ValueError(f"`max_length` must be an integer >= 2, got {max_length!r}.")
+
+
+def _mask_after_stop(token_ids, prompt_mask, stop_ids):
+    """Positions to keep: the prompt, then generated tokens before a stop."""
+    keep = np.ones_like(prompt_mask)
+    if stop_ids:
+        generated_stop = np.isin(token_ids, stop_ids) & ~prompt_mask
+        after_stop = np.cumsum(generated_stop, axis=1) > 0
+        keep &= ~after_stop
+    return keep

@@ -1,0 +1,149 @@
+"""Strings to model inputs, for training, scoring and generation."""
+
+import numpy as np
+
+
+def _as_string_list(x, what):
+    """(list of str, was_single) or a TypeError that says what was wrong."""
+    if isinstance(x, str):
+        return [x], True
+    if isinstance(x, np.ndarray) and x.dtype.kind in "US":
+        x = x.tolist()
+    elif isinstance(x, np.ndarray) and x.dtype == object:
+        x = x.tolist()
+    if isinstance(x, (list, tuple)):
+        items = [i.decode("utf-8") if isinstance(i, bytes) else i for i in x]
+        bad = [i for i in items if not isinstance(i, str)]
+        if not bad:
+            return items, False
+        raise TypeError(
+            f"{what} must be strings, but the batch holds a "
+            f"{type(bad[0]).__name__}: {bad[0]!r}."
+        )
+    raise TypeError(
+        f"{what} must be a string or a list of strings, got "
+        f"{type(x).__name__}: {x!r:.80}."
+    )
+
+
+class GemmaCausalLMPreprocessor:
+    """Turns text into ``{"token_ids", "padding_mask"}`` for a Gemma model.
+
+    Called on strings it prepares training data: each sequence is
+    ``<bos> text <eos>``, truncated or right-padded to ``sequence_length + 1``
+    and split into inputs and next-token labels, so ``model.fit(strings)``
+    trains a language model. It returns ``(x, y, sample_weight)`` with
+    padding given zero weight.
+
+    Args:
+        tokenizer: a ``keras_gemma.GemmaTokenizer``.
+        sequence_length: length of the model inputs.
+        add_start_token, add_end_token: whether to add ``<bos>`` / ``<eos>``.
+
+    Example:
+
+    ```python
+    import keras_gemma
+
+    tokenizer = keras_gemma.GemmaTokenizer("tests/data/test_vocabulary.spm")
+    preprocessor = keras_gemma.GemmaCausalLMPreprocessor(tokenizer, 8)
+    x, y, sample_weight = preprocessor(["The quick brown fox", "Hi"])
+    x["token_ids"].shape  # (2, 8)
+    ```
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        sequence_length=1024,
+        add_start_token=True,
+        add_end_token=True,
+    ):
+        if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 1:
+            raise ValueError(
+                f"`sequence_length` must be a positive integer, got {sequence_length!r}."
+            )
+        self.tokenizer = tokenizer
+        self.sequence_length = sequence_length
+        self.add_start_token = add_start_token
+        self.add_end_token = add_end_token
+
+    def _pack(self, sequences, length, add_end_token):
+        """Adds special tokens, truncates and right-pads to ``length``."""
+        token_ids = np.full((len(sequences), length), self.tokenizer.pad_token_id, "int32")
+        padding_mask = np.zeros((len(sequences), length), "bool")
+        for row, ids in enumerate(sequences):
+            if self.add_start_token:
+                ids = [self.tokenizer.bos_token_id] + list(ids)
+            if add_end_token:
+                ids = list(ids) + [self.tokenizer.eos_token_id]
+            ids = ids[:length]
+            token_ids[row, : len(ids)] = ids
+            padding_mask[row, : len(ids)] = True
+        return token_ids, padding_mask
+
+    def __call__(self, x, y=None, sample_weight=None, sequence_length=None):
+        """Training/scoring inputs: ``(x, y, sample_weight)`` from strings."""
+        if y is not None or sample_weight is not None:
+            raise ValueError(
+                "GemmaCausalLMPreprocessor computes labels itself (the next "
+                "token of each input); pass only the text, without `y` or "
+                "`sample_weight`."
+            )
+        strings, _ = _as_string_list(x, "Training inputs")
+        length = (sequence_length or self.sequence_length) + 1
+        token_ids, padding_mask = self._pack(
+            self.tokenizer.tokenize(strings), length, self.add_end_token
+        )
+        inputs = {"token_ids": token_ids[:, :-1], "padding_mask": padding_mask[:, :-1]}
+        return inputs, token_ids[:, 1:], padding_mask[:, 1:].astype("float32")
+
+    def generate_preprocess(self, x, sequence_length=None):
+        """Prompts to ``{"token_ids", "padding_mask"}``, ``<bos>`` and no ``<eos>``.
+
+        Raises if a prompt does not leave room for at least one new token.
+        """
+        strings, _ = _as_string_list(x, "Prompts")
+        length = sequence_length or self.sequence_length
+        sequences = self.tokenizer.tokenize(strings)
+        longest = max(len(s) for s in sequences) + int(self.add_start_token)
+        if longest >= length:
+            raise ValueError(
+                f"A prompt is {longest} tokens long, which leaves no room to "
+                f"generate within max_length={length}. Pass a larger "
+                "`max_length` to generate() or shorten the prompt."
+            )
+        token_ids, padding_mask = self._pack(sequences, length, add_end_token=False)
+        return {"token_ids": token_ids, "padding_mask": padding_mask}
+
+    def generate_postprocess(self, x):
+        """``{"token_ids", "padding_mask"}`` (numpy) to strings.
+
+        Special tokens (``<bos>``, ``<eos>``, padding) are dropped.
+        """
+        token_ids = np.asarray(x["token_ids"])
+        padding_mask = np.asarray(x["padding_mask"]).astype(bool)
+        special = {
+            self.tokenizer.pad_token_id,
+            self.tokenizer.bos_token_id,
+            self.tokenizer.eos_token_id,
+        }
+        texts = []
+        for ids, mask in zip(token_ids, padding_mask):
+            ids = [int(i) for i in ids[mask] if int(i) not in special]
+            texts.append(self.tokenizer.detokenize(ids))
+        return texts
+
+    def get_config(self):
+        return {
+            "sequence_length": self.sequence_length,
+            "add_start_token": self.add_start_token,
+            "add_end_token": self.add_end_token,
+        }
+
+    @classmethod
+    def from_preset(cls, preset, **kwargs):
+        """The preprocessor of a preset name, directory or checkpoint file."""
+        from keras_gemma import preset_io
+
+        return preset_io.load_preprocessor(preset, **kwargs)

