@@ -74,7 +74,10 @@ class GemmaCausalLM(keras.Model):
             optimizer = keras.optimizers.AdamW(learning_rate=5e-5, weight_decay=0.01)
             optimizer.exclude_from_weight_decay(var_names=["scale", "embeddings"])
         if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            # Average over real tokens only: padding has zero sample weight.
+            loss = keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True, reduction="mean_with_sample_weight"
+            )
         if weighted_metrics == "auto":
             weighted_metrics = [keras.metrics.SparseCategoricalAccuracy()]
         super().compile(
@@ -269,7 +272,10 @@ class GemmaCausalLM(keras.Model):
         generate_loop = self._generate_functions[key]
         rng = np.random.default_rng(seed)
         uniforms = rng.random((max_length, batch_size), dtype="float32")
-        stop = np.asarray(stop_ids or [-1], "int32")
+        # A fixed number of stop-id slots, so new stop lists reuse the program.
+        slots = max(4, len(stop_ids))
+        stop = np.full((slots,), -1, "int32")
+        stop[: len(stop_ids)] = stop_ids
         output = generate_loop(
             ops.convert_to_tensor(token_ids, "int32"),
             ops.convert_to_tensor(padding_mask, "bool"),

@@ -88,15 +88,19 @@ class GemmaTokenizer:
         # SentencePiece matches inside text. Vocabularies rebuilt from other
         # formats (GGUF, Hugging Face) may mark them CONTROL, which
         # SentencePiece never matches, so those are split out by hand.
-        control_markers = [
-            re.escape(getattr(self, f"{name}_token"))
+        self._control_markers = [
+            _SPECIAL_PIECES[name]
             for name in _TURN_MARKERS
             if getattr(self, f"{name}_token_id") is not None
             and self._processor.is_control(getattr(self, f"{name}_token_id"))
         ]
-        self._control_marker_pattern = (
-            re.compile(f"({'|'.join(control_markers)})") if control_markers else None
-        )
+        self._control_marker_ids = {
+            self.special_tokens[piece] for piece in self._control_markers
+        }
+        self._control_marker_pattern = None
+        if self._control_markers:
+            alternatives = "|".join(map(re.escape, self._control_markers))
+            self._control_marker_pattern = re.compile(f"({alternatives})")
 
     def __call__(self, inputs):
         return self.tokenize(inputs)
@@ -105,7 +109,8 @@ class GemmaTokenizer:
         return self._processor.get_piece_size()
 
     def get_vocabulary(self):
-        return [self._processor.id_to_piece(i) for i in range(self.vocabulary_size())]
+        size = self.vocabulary_size()
+        return [self._processor.id_to_piece(i) for i in range(size)]
 
     def id_to_token(self, token_id):
         self._check_id(token_id)
@@ -120,7 +125,10 @@ class GemmaTokenizer:
         return token_id
 
     def tokenize(self, inputs):
-        """`str` -> `list[int]`; a list, tuple or 1-D array of `str` -> `list[list[int]]`."""
+        """`str` -> `list[int]`; a list/tuple/1-D array of `str` -> `list[list[int]]`.
+
+        No `<bos>`/`<eos>` is added.
+        """
         if isinstance(inputs, numpy.ndarray) and inputs.ndim <= 1:
             inputs = inputs.tolist()
         if isinstance(inputs, str):
@@ -200,7 +208,9 @@ class GemmaTokenizer:
 
     def _check_id(self, token_id):
         if not _is_id(token_id):
-            raise TypeError(f"Token ids must be integers, got {type(token_id).__name__}.")
+            raise TypeError(
+                f"Token ids must be integers, got {type(token_id).__name__}."
+            )
         if not 0 <= token_id < self.vocabulary_size():
             raise ValueError(
                 f"Token id {token_id} is out of range for a vocabulary of "
@@ -210,7 +220,20 @@ class GemmaTokenizer:
     def _decode(self, ids):
         for token_id in ids:
             self._check_id(token_id)
-        return self._processor.decode([int(i) for i in ids])
+        ids = [int(i) for i in ids]
+        if self._control_marker_pattern is None:
+            return self._processor.decode(ids)
+        # SentencePiece drops CONTROL pieces when decoding; write the turn
+        # markers back so that decoding inverts `tokenize`.
+        text, segment = [], []
+        for token_id in ids:
+            if token_id in self._control_marker_ids:
+                text += [self._processor.decode(segment), self.id_to_token(token_id)]
+                segment = []
+            else:
+                segment.append(token_id)
+        text.append(self._processor.decode(segment))
+        return "".join(text)
 
 
 def _load_processor(proto):
@@ -232,7 +255,7 @@ def _is_id(value):
 
 
 def _to_numpy(ids):
-    if isinstance(ids, (str, bytes)) or ids is None or _is_id(ids):
+    if isinstance(ids, (str, bytes, numbers.Number)) or ids is None:
         raise TypeError(
             "`detokenize` expects a sequence of token ids, got "
             f"{type(ids).__name__}."
@@ -244,21 +267,13 @@ def _to_numpy(ids):
 
 
 def _flat_ids(row):
-    """One row of a batch -> a list of ids, each checked later by `_decode`."""
+    """One row of a batch -> a list of ids (`_decode` checks each id)."""
     if isinstance(row, (list, tuple)):
-        ids = list(row)
-    else:
-        array = _to_numpy(row)
-        if array.ndim != 1:
-            raise TypeError(
-                "`detokenize` expects a 1-D sequence of token ids or a 2-D "
-                f"batch, got a row of shape {array.shape}."
-            )
-        ids = array.tolist()
-    for token_id in ids:
-        if not _is_id(token_id):
-            raise TypeError(
-                "`detokenize` expects integer token ids, got "
-                f"{type(token_id).__name__}."
-            )
-    return ids
+        return list(row)
+    array = _to_numpy(row)
+    if array.ndim != 1:
+        raise TypeError(
+            "`detokenize` expects a 1-D sequence of token ids or a 2-D batch, "
+            f"got a row of shape {array.shape}."
+        )
+    return array.tolist()

@@ -28,6 +28,7 @@ llama.cpp and Gemma use the "rotate half" rotary layout.
 """
 
 import dataclasses
+import math
 import mmap
 import os
 import struct
@@ -133,6 +134,7 @@ def read_gguf(path, dtype="float32", progress=True, load_weights=True):
         if size == 0:
             raise _invalid(path, "the file is empty")
         buffer = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    header = None
     try:
         header = _parse_header(buffer, path)
         arrays = header.metadata
@@ -143,7 +145,7 @@ def read_gguf(path, dtype="float32", progress=True, load_weights=True):
                 f"keras_gemma reads {', '.join(SUPPORTED_ARCHITECTURES)}."
             )
         config = _config_from_metadata(arrays, architecture, path)
-        plan = _plan_tensors(header.tensors, config, path)
+        plan = _plan_tensors(header.tensors, config, path, buffer)
         tokenizer_proto = build_tokenizer_proto(arrays, path)
         weights = {}
         if load_weights:
@@ -158,7 +160,7 @@ def read_gguf(path, dtype="float32", progress=True, load_weights=True):
             for key, value in metadata.items()
         }
     finally:
-        del header  # noqa: F821 -- drops views into the map before closing.
+        del header
         try:
             buffer.close()
         except BufferError:  # An exception traceback still holds a view.
@@ -395,7 +397,7 @@ def _tensor_nbytes(name, shape, ggml_type, path):
             f"tensor {name!r} of type {qtype.name} has rows of {shape[-1]} "
             f"values, not a multiple of its block size {block_size}",
         )
-    return int(np.prod(shape, dtype=np.int64)) // block_size * type_size
+    return math.prod(shape) // block_size * type_size
 
 
 def _invalid(path, detail):
@@ -599,7 +601,7 @@ def expected_tensors(config):
     return expected
 
 
-def _plan_tensors(tensors, config, path):
+def _plan_tensors(tensors, config, path, buffer):
     """Checks names, shapes and types; returns [(info, our path, conversion)]."""
     gguf = _import_gguf()
     expected = expected_tensors(config)
@@ -619,7 +621,7 @@ def _plan_tensors(tensors, config, path):
             or output.shape != embedding.shape
             or output.ggml_type != embedding.ggml_type
             or output.nbytes is None
-            or not _same_bytes(tensors, output, embedding)
+            or not _same_bytes(buffer, output, embedding)
         ):
             raise ValueError(
                 f"{path}: the file has an output projection `output.weight` "
@@ -656,12 +658,8 @@ def _plan_tensors(tensors, config, path):
     return plan
 
 
-def _same_bytes(tensors, a, b):
-    # Called before the buffer is at hand; compare through the map lazily.
-    return getattr(_same_bytes, "buffer", None) is not None and (
-        _same_bytes.buffer[a.start : a.start + a.nbytes]
-        == _same_bytes.buffer[b.start : b.start + b.nbytes]
-    )
+def _same_bytes(buffer, a, b):
+    return buffer[a.start : a.start + a.nbytes] == buffer[b.start : b.start + b.nbytes]
 
 
 def _check_type(info, gguf, path):
@@ -690,7 +688,7 @@ def _load_tensors(buffer, plan, dtype, progress, path):
     for info, ours, conversion in _progress(plan, progress, path):
         qtype = gguf.GGMLQuantizationType(info.ggml_type)
         raw = np.frombuffer(buffer, dtype=np.uint8, count=info.nbytes, offset=info.start)
-        rows = int(np.prod(info.shape[:-1], dtype=np.int64))
+        rows = math.prod(info.shape[:-1])
         columns = info.shape[-1]
         raw = raw.reshape(rows, -1)
         if conversion == "kernel":
