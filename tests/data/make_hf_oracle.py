@@ -7,6 +7,7 @@ keras_gemma's own checkpoint code.
 """
 
 import pathlib
+import shutil
 import sys
 
 import numpy as np
@@ -16,6 +17,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from tiny_models import PADDING_MASK, TINY_CONFIGS, TOKEN_IDS, random_weights  # noqa
 
 import transformers
+
+SAVED_FOLDERS = {"gemma_mqa": "hf_tiny_gemma", "gemma3": "hf_tiny_gemma3"}
 
 
 def hf_config(name, c):
@@ -88,6 +91,13 @@ def main():
                 attention_mask=torch.from_numpy(PADDING_MASK).long(),
             ).logits
         outputs[name] = logits.numpy().astype("float32")
+        if name in SAVED_FOLDERS:
+            # Real transformers checkpoints for the from_preset tests; one
+            # sharded, to exercise model.safetensors.index.json.
+            folder = pathlib.Path(__file__).with_name(SAVED_FOLDERS[name])
+            model.save_pretrained(folder, max_shard_size="100KB")
+            shutil.copy(pathlib.Path(__file__).with_name("test_vocabulary.spm"),
+                        folder / "tokenizer.model")
         print(name, outputs[name].shape, float(np.abs(outputs[name]).max()))
     out = pathlib.Path(__file__).with_name("hf_oracle.npz")
     np.savez_compressed(out, transformers_version=transformers.__version__, **outputs)
