@@ -16,6 +16,8 @@ a handful of switches, all in the constructor:
 | local_rope_max_wavelength     | -       | 10,000         | 10,000          |
 """
 
+import contextlib
+import contextvars
 import math
 
 import keras
@@ -25,6 +27,21 @@ from keras_gemma.decoder_block import GemmaDecoderBlock
 from keras_gemma.embedding import TiedEmbedding
 from keras_gemma.rms_norm import RMSNorm
 from keras_gemma.rotary_embedding import rotary_cos_sin
+
+# Set by `skip_weight_initialization`: loaders overwrite every weight, so
+# drawing ~10^8 random numbers first would only waste time.
+_SKIP_INITIALIZATION = contextvars.ContextVar("skip_initialization", default=False)
+
+
+@contextlib.contextmanager
+def skip_weight_initialization():
+    """Backbones built in this context start with zeros, not random weights."""
+    token = _SKIP_INITIALIZATION.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INITIALIZATION.reset(token)
+
 
 # Constructor arguments that make up a backbone's config, with defaults.
 CONFIG_DEFAULTS = {
@@ -156,8 +173,13 @@ class GemmaBackbone(keras.Model):
         _validate_config(self._config())
 
         policy = self.dtype_policy
+        skip = _SKIP_INITIALIZATION.get()
         self.token_embedding = TiedEmbedding(
-            vocabulary_size, hidden_dim, dtype=policy, name="token_embedding"
+            vocabulary_size,
+            hidden_dim,
+            embeddings_initializer="zeros" if skip else None,
+            dtype=policy,
+            name="token_embedding",
         )
         self.decoder_blocks = [
             GemmaDecoderBlock(
@@ -174,6 +196,7 @@ class GemmaBackbone(keras.Model):
                 use_post_feedforward_norm=use_post_feedforward_norm,
                 use_sliding_window=self.is_sliding_window_layer(i),
                 dropout=dropout,
+                kernel_initializer="zeros" if skip else "glorot_uniform",
                 dtype=policy,
                 name=f"decoder_block_{i}",
             )

@@ -28,6 +28,7 @@ class GemmaDecoderBlock(keras.layers.Layer):
         use_post_feedforward_norm=False,
         use_sliding_window=False,
         dropout=0.0,
+        kernel_initializer="glorot_uniform",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -44,7 +45,11 @@ class GemmaDecoderBlock(keras.layers.Layer):
 
         def dense(units, name):
             return keras.layers.Dense(
-                units, use_bias=False, dtype=policy, name=name
+                units,
+                use_bias=False,
+                kernel_initializer=kernel_initializer,
+                dtype=policy,
+                name=name,
             )
 
         self.pre_attention_norm = norm("pre_attention_norm")
@@ -58,6 +63,7 @@ class GemmaDecoderBlock(keras.layers.Layer):
             use_query_key_norm=use_query_key_norm,
             layer_norm_epsilon=layer_norm_epsilon,
             dropout=dropout,
+            kernel_initializer=kernel_initializer,
             dtype=policy,
             name="attention",
         )

@@ -11,16 +11,19 @@ class TiedEmbedding(keras.layers.Layer):
     (vocabulary_size, hidden_dim) serves both directions.
     """
 
-    def __init__(self, vocabulary_size, hidden_dim, **kwargs):
+    def __init__(self, vocabulary_size, hidden_dim, embeddings_initializer=None, **kwargs):
         super().__init__(**kwargs)
         self.vocabulary_size = vocabulary_size
         self.hidden_dim = hidden_dim
+        self.embeddings_initializer = keras.initializers.get(
+            embeddings_initializer or keras.initializers.RandomNormal(stddev=0.02)
+        )
 
     def build(self, input_shape=None):
         self.embeddings = self.add_weight(
             name="embeddings",
             shape=(self.vocabulary_size, self.hidden_dim),
-            initializer=keras.initializers.RandomNormal(stddev=0.02),
+            initializer=self.embeddings_initializer,
         )
         self.built = True
 

@@ -279,9 +279,14 @@ class _Checkpoint:
 
 def _build_backbone(checkpoint, load_weights, dtype):
     from keras_gemma.backbone import GemmaBackbone
+    from keras_gemma.backbone import skip_weight_initialization
     from keras_gemma.checkpoints import assign_weights
 
-    backbone = GemmaBackbone(**checkpoint.config, dtype=dtype)
+    if load_weights:
+        with skip_weight_initialization():
+            backbone = GemmaBackbone(**checkpoint.config, dtype=dtype)
+    else:
+        backbone = GemmaBackbone(**checkpoint.config, dtype=dtype)
     if load_weights:
         source = str(checkpoint.source.path)
         weights = {}

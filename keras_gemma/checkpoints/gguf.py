@@ -94,7 +94,7 @@ class GGUFCheckpoint:
 
     config: dict
     weights: dict
-    tokenizer_proto: bytes
+    tokenizer_proto: "bytes | None"
     metadata: dict
     architecture: str
     path: str
@@ -421,27 +421,45 @@ _MISSING = object()
 
 
 def _config_from_metadata(metadata, architecture, path):
-    def get(key, default=_MISSING):
+    def get(key, default=_MISSING, kind=int):
         full_key = f"{architecture}.{key}"
-        value = metadata.get(full_key, default)
+        value = metadata.get(full_key, _MISSING)
         if value is _MISSING:
-            raise ValueError(f"{path}: GGUF metadata lacks `{full_key}`.")
-        if isinstance(value, (list, np.ndarray)):
+            if default is _MISSING:
+                raise ValueError(f"{path}: GGUF metadata lacks `{full_key}`.")
+            return default
+        if isinstance(value, (list, np.ndarray)) and kind is not str:
             # Some converters write per-layer values; ours are uniform.
             values = set(np.asarray(value).tolist())
             if len(values) != 1:
                 raise ValueError(
-                    f"{path}: `{full_key}` varies across layers ({sorted(values)}); "
-                    "keras_gemma needs the same value in every layer."
+                    f"{path}: `{full_key}` varies across layers "
+                    f"({sorted(values)}); keras_gemma needs the same value in "
+                    "every layer."
                 )
             value = values.pop()
-        return value
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int and numeric and value == int(value):
+            return int(value)
+        if kind is float and numeric:
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+        raise ValueError(
+            f"{path}: GGUF metadata `{full_key}` is {value!r}; expected "
+            f"{'an integer' if kind is int else 'a number' if kind is float else 'a string'}."
+        )
 
-    hidden_dim = int(get("embedding_length"))
-    num_query_heads = int(get("attention.head_count"))
-    num_layers = int(get("block_count"))
-    head_dim = int(get("attention.key_length", hidden_dim // max(num_query_heads, 1)))
-    value_dim = int(get("attention.value_length", head_dim))
+    hidden_dim = get("embedding_length")
+    num_query_heads = get("attention.head_count")
+    num_layers = get("block_count")
+    if min(hidden_dim, num_query_heads, num_layers) < 1:
+        raise ValueError(
+            f"{path}: GGUF metadata gives {num_layers} layers, hidden size "
+            f"{hidden_dim} and {num_query_heads} heads; all must be positive."
+        )
+    head_dim = get("attention.key_length", hidden_dim // num_query_heads)
+    value_dim = get("attention.value_length", head_dim)
     if value_dim != head_dim:
         raise ValueError(
             f"{path}: key length {head_dim} and value length {value_dim} "
@@ -460,19 +478,19 @@ def _config_from_metadata(metadata, architecture, path):
     query_pre_attn_scalar = head_dim
     if (architecture, num_layers) in (("gemma2", 46), ("gemma3", 62)):
         query_pre_attn_scalar = hidden_dim // num_query_heads
-    attention_scale = get("attention.scale", None)
+    attention_scale = get("attention.scale", None, float)
     if attention_scale:  # A multiplier on queries: scalar ** -0.5.
-        query_pre_attn_scalar = float(attention_scale) ** -2
+        query_pre_attn_scalar = attention_scale**-2
 
     config = {
-        "vocabulary_size": int(vocabulary_size),
+        "vocabulary_size": vocabulary_size,
         "num_layers": num_layers,
         "num_query_heads": num_query_heads,
-        "num_key_value_heads": int(get("attention.head_count_kv", num_query_heads)),
+        "num_key_value_heads": get("attention.head_count_kv", num_query_heads),
         "hidden_dim": hidden_dim,
-        "intermediate_dim": int(get("feed_forward_length")),
+        "intermediate_dim": get("feed_forward_length"),
         "head_dim": head_dim,
-        "layer_norm_epsilon": float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+        "layer_norm_epsilon": get("attention.layer_norm_rms_epsilon", 1e-6, float),
         "query_pre_attn_scalar": query_pre_attn_scalar,
         "attention_logit_soft_cap": None,
         "final_logit_soft_cap": None,
@@ -481,23 +499,23 @@ def _config_from_metadata(metadata, architecture, path):
         "use_query_key_norm": architecture == "gemma3",
         "sliding_window_size": None,
         "sliding_window_pattern": None,
-        "rope_max_wavelength": float(get("rope.freq_base", 10_000.0)),
+        "rope_max_wavelength": get("rope.freq_base", 10_000.0, float),
         "rope_scaling_factor": 1.0,
         "local_rope_max_wavelength": None,
     }
     if architecture == "gemma2":
         # llama.cpp's defaults when the keys are absent.
-        config["attention_logit_soft_cap"] = float(get("attn_logit_softcapping", 50.0))
-        config["final_logit_soft_cap"] = float(get("final_logit_softcapping", 30.0))
-        config["sliding_window_size"] = int(get("attention.sliding_window", 4096))
+        config["attention_logit_soft_cap"] = get("attn_logit_softcapping", 50.0, float)
+        config["final_logit_soft_cap"] = get("final_logit_softcapping", 30.0, float)
+        config["sliding_window_size"] = get("attention.sliding_window", 4096)
         config["sliding_window_pattern"] = 2
     elif architecture == "gemma3":
-        window = int(get("attention.sliding_window", 0))
+        window = get("attention.sliding_window", 0)
         if window > 0:
             config["sliding_window_size"] = window
             config["sliding_window_pattern"] = 6
-            config["local_rope_max_wavelength"] = float(
-                get("rope.freq_base_swa", 10_000.0)
+            config["local_rope_max_wavelength"] = get(
+                "rope.freq_base_swa", 10_000.0, float
             )
     pattern = metadata.get(f"{architecture}.attention.sliding_window_pattern")
     if pattern is not None and config["sliding_window_size"] is not None:
@@ -505,15 +523,15 @@ def _config_from_metadata(metadata, architecture, path):
             pattern, num_layers, architecture, path
         )
 
-    scaling_type = get("rope.scaling.type", None)
-    scaling_factor = get("rope.scaling.factor", None)
+    scaling_type = get("rope.scaling.type", None, str)
+    scaling_factor = get("rope.scaling.factor", None, float)
     if scaling_type not in (None, "none", "linear"):
         raise ValueError(
             f"{path}: RoPE scaling {scaling_type!r} is not supported "
             "(only linear)."
         )
     if scaling_type != "none" and scaling_factor:
-        config["rope_scaling_factor"] = float(scaling_factor)
+        config["rope_scaling_factor"] = scaling_factor
     return config
 
 
@@ -732,27 +750,29 @@ def _progress(items, enabled, path):
 
 
 def _numpy_dtype(dtype):
-    name = getattr(dtype, "variable_dtype", None) or dtype  # Keras DTypePolicy
-    name = getattr(name, "name", name)  # numpy dtype
-    name = str(name)
-    if name in ("mixed_bfloat16", "mixed_float16"):
-        name = "float32"  # Variables of mixed policies are float32.
-    if name == "bfloat16":
+    requested = dtype
+    policy_dtype = getattr(dtype, "variable_dtype", None)  # a Keras DTypePolicy
+    if policy_dtype is not None:
+        dtype = policy_dtype
+    if isinstance(dtype, str) and dtype.startswith("mixed_"):
+        dtype = "float32"  # Variables of mixed policies are float32.
+    if dtype == "bfloat16":
         try:
             import ml_dtypes
         except ImportError:
-            raise ValueError(
-                "dtype='bfloat16' needs the `ml_dtypes` package."
-            ) from None
-        return np.dtype(ml_dtypes.bfloat16)
+            raise ValueError("dtype='bfloat16' needs the `ml_dtypes` package.") from None
+        dtype = ml_dtypes.bfloat16
     try:
-        result = np.dtype(name)
+        result = np.dtype(dtype)
     except TypeError:
         result = None
-    if result is None or result.kind != "f":
+    floating = result is not None and (
+        (result.kind == "f" and result.itemsize <= 8) or result.name == "bfloat16"
+    )
+    if not floating:
         raise ValueError(
-            f"`dtype` must be a floating point dtype such as 'float32', "
-            f"'float16' or 'bfloat16', got {dtype!r}."
+            "`dtype` must be a floating point dtype such as 'float32', "
+            f"'float16' or 'bfloat16', got {requested!r}."
         )
     return result
 
@@ -864,7 +884,9 @@ def build_tokenizer_proto(metadata, path="<gguf>"):
         "name": "identity",
         "precompiled_charsmap": b"",
         "add_dummy_prefix": bool(metadata.get("tokenizer.ggml.add_space_prefix", False)),
-        "remove_extra_whitespaces": False,
+        "remove_extra_whitespaces": bool(
+            metadata.get("tokenizer.ggml.remove_extra_whitespaces", False)
+        ),
         "escape_whitespaces": True,
     }
     return spm.model_proto(pieces, trainer_spec, normalizer_spec)

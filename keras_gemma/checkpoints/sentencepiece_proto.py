@@ -51,7 +51,7 @@ WORD = 3
 CHAR = 4
 
 # Field name -> (field number, kind). Kinds: "string", "bytes", "int32",
-# "uint64", "float", "bool", "enum", "repeated_string".
+# "float", "bool", "enum", "repeated_string".
 TRAINER_SPEC_FIELDS = {
     "model_prefix": (2, "string"),
     "model_type": (3, "enum"),
