@@ -344,6 +344,23 @@ def load_causal_lm(preset, load_weights=True, dtype=None, sequence_length=None):
 # -- saving --------------------------------------------------------------------
 
 
+def convert(source, destination, dtype=None):
+    """Converts a checkpoint into a keras-hub-layout preset directory.
+
+    ``source`` is anything ``from_preset`` accepts (a preset name, keras-hub
+    directory, Hugging Face folder or ``.gguf`` file); ``destination`` is
+    written atomically: a failed conversion leaves nothing behind (and an
+    existing preset there untouched). ``dtype`` (e.g. ``"bfloat16"``) sets
+    the stored weights' dtype. Returns the destination path.
+
+    Example: ``keras_gemma.convert("gemma-3-270m.gguf", "presets/gemma3_270m")``
+    """
+    model = load_causal_lm(source, dtype=dtype)
+    save_preset(destination, backbone=model.backbone, preprocessor=model.preprocessor)
+    return Path(destination)
+
+
+
 def save_preset(preset_dir, backbone, preprocessor=None, tokenizer=None):
     """Writes a keras-hub-layout preset; readers never see a half-written one.
 

@@ -117,3 +117,17 @@ def test_greedy_generate_matches_keras_hub(name, keras_hub, tokenizer, tmp_path)
     )
     got = ours.generate(inputs, max_length=20, stop_token_ids=None)
     np.testing.assert_array_equal(got["token_ids"], to_numpy(expected["token_ids"]))
+
+
+def test_keras_hub_causal_lm_reads_our_preset(keras_hub, tokenizer, tmp_path):
+    """The whole task (tokenizer and preprocessor JSON included) loads in
+    keras-hub and gives our logits."""
+    backbone = tiny_backbone("gemma_mqa")
+    preprocessor = keras_gemma.GemmaCausalLMPreprocessor(tokenizer, sequence_length=12)
+    keras_gemma.GemmaCausalLM(backbone, preprocessor).save_to_preset(tmp_path / "p")
+    theirs = keras_hub.models.GemmaCausalLM.from_preset(str(tmp_path / "p"))
+    assert theirs.preprocessor.sequence_length == 12
+    text = "The quick brown fox"
+    assert to_numpy(theirs.preprocessor.tokenizer(text)).tolist() == tokenizer.tokenize(text)
+    expected = to_numpy(theirs({"token_ids": TOKEN_IDS, "padding_mask": PADDING_MASK}))
+    np.testing.assert_allclose(our_logits(backbone), expected, atol=TOLERANCE, rtol=0)

