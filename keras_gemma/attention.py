@@ -72,7 +72,7 @@ class GemmaAttention(keras.layers.Layer):
             self.key_norm = RMSNorm(
                 layer_norm_epsilon, dtype=self.dtype_policy, name="key_norm"
             )
-        self.dropout_layer = keras.layers.Dropout(dropout)
+        self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         for layer in (self.query, self.key, self.value):

@@ -185,6 +185,8 @@ class GemmaCausalLM(keras.Model):
         if strip_prompt:
             output_mask &= ~prompt_mask
         if not strings:
+            if single:
+                return {"token_ids": token_ids[0], "padding_mask": output_mask[0]}
             return {"token_ids": token_ids, "padding_mask": output_mask}
         texts = self.preprocessor.generate_postprocess(
             {"token_ids": token_ids, "padding_mask": output_mask}
@@ -255,6 +257,11 @@ class GemmaCausalLM(keras.Model):
             tokenizer = self.preprocessor.tokenizer
             ids = [tokenizer.eos_token_id, tokenizer.end_of_turn_token_id]
             return [i for i in ids if i is not None]
+        if not isinstance(stop_token_ids, (list, tuple, np.ndarray)):
+            raise TypeError(
+                f"stop_token_ids must be 'auto', None or a list of ids, got "
+                f"{type(stop_token_ids).__name__}: {stop_token_ids!r}."
+            )
         ids = [int(i) for i in stop_token_ids]
         if any(not 0 <= i < self.backbone.vocabulary_size for i in ids):
             raise ValueError(f"stop_token_ids {ids} lie outside the vocabulary.")

@@ -75,7 +75,7 @@ class GemmaDecoderBlock(keras.layers.Layer):
         self.feedforward_down = dense(hidden_dim, "feedforward_down")
         if use_post_feedforward_norm:
             self.post_feedforward_norm = norm("post_feedforward_norm")
-        self.dropout_layer = keras.layers.Dropout(dropout)
+        self.dropout_layer = keras.layers.Dropout(dropout, dtype=policy)
 
     def build(self, input_shape=None):
         shape = (None, None, self.hidden_dim)

@@ -104,6 +104,8 @@ class GemmaCausalLMPreprocessor:
         Raises if a prompt does not leave room for at least one new token.
         """
         strings, _ = _as_string_list(x, "Prompts")
+        if not strings:
+            raise ValueError("No prompts given: pass a string or a non-empty list of strings.")
         length = sequence_length or self.sequence_length
         sequences = self.tokenizer.tokenize(strings)
         longest = max(len(s) for s in sequences) + int(self.add_start_token)
