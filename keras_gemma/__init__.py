@@ -20,6 +20,7 @@ _backend.name()  # also rejects other backends chosen in ~/.keras/keras.json
 from keras_gemma import samplers
 from keras_gemma.backbone import GemmaBackbone
 from keras_gemma.causal_lm import GemmaCausalLM
+from keras_gemma.lora import LoRACheckpoint
 from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
 from keras_gemma.preset_io import convert
 from keras_gemma.preset_io import list_presets

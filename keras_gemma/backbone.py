@@ -171,6 +171,7 @@ class GemmaBackbone(keras.Model):
         self.rope_scaling_factor = rope_scaling_factor
         self.local_rope_max_wavelength = local_rope_max_wavelength
         _validate_config(self._config())
+        self.lora_config = None  # set by enable_lora
 
         policy = self.dtype_policy
         skip = _SKIP_INITIALIZATION.get()
@@ -374,6 +375,39 @@ class GemmaBackbone(keras.Model):
         return preset_io.load_backbone(
             preset, load_weights=load_weights, dtype=dtype, **kwargs
         )
+
+    # -- LoRA (see keras_gemma/lora.py) --------------------------------------
+
+    def enable_lora(self, rank, alpha=None, target=("query", "value")):
+        """Freezes every weight and adds rank-``rank`` adapters to ``target``.
+
+        ``target`` names projections in every decoder block: ``query``,
+        ``key``, ``value``, ``output`` (attention) and ``gate``, ``up``,
+        ``down`` (feed-forward). The update is ``(alpha / rank) * A @ B``;
+        ``alpha`` defaults to ``rank``. Adds ``rank * (in + out)`` trainable
+        parameters per adapted kernel, in float32.
+        """
+        from keras_gemma import lora
+
+        lora.enable_lora(self, rank, alpha=alpha, target=target)
+
+    def save_lora_weights(self, path):
+        """Writes only the LoRA adapter to ``path`` (HDF5), atomically."""
+        from keras_gemma import lora
+
+        lora.save_lora_weights(self, path)
+
+    def load_lora_weights(self, path):
+        """Loads an adapter from ``save_lora_weights``, enabling LoRA if needed."""
+        from keras_gemma import lora
+
+        lora.load_lora_weights(self, path)
+
+    def merge_lora(self):
+        """Folds the adapter into the base kernels (base speed, same outputs)."""
+        from keras_gemma import lora
+
+        lora.merge_lora(self)
 
     def save_to_preset(self, preset_dir):
         """Writes config and weights in keras-hub's preset layout, atomically."""

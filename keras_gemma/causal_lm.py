@@ -87,23 +87,47 @@ class GemmaCausalLM(keras.Model):
         self._generate_functions = {}
 
     def _preprocess_for_training(self, x, y, sample_weight):
+        """Strings (or prompt/response pairs) -> arrays; token arrays pass."""
+        x = _strings_from_dataset(x)
         if _is_text(x):
             if self.preprocessor is None:
                 raise ValueError(
                     "This model has no preprocessor, so it cannot train on "
                     "strings. Pass token ids, or build it with one."
                 )
+            if isinstance(x, (list, tuple)) and not x or (
+                isinstance(x, dict) and not len(x["prompts"])
+            ):
+                raise ValueError("Got an empty dataset: no text to train on.")
             return self.preprocessor(x, y, sample_weight)
-        return x, y, sample_weight
+        if isinstance(x, dict) and "token_ids" in x:
+            return x, y, sample_weight
+        if hasattr(x, "as_numpy_iterator") or isinstance(x, keras.utils.PyDataset):
+            return x, y, sample_weight  # yields model-ready batches itself
+        raise TypeError(
+            "GemmaCausalLM.fit() takes a list of strings, a dict of "
+            "{'prompts': [...], 'responses': [...]}, a tf.data.Dataset of "
+            "strings, or model-ready {'token_ids', 'padding_mask'} arrays with "
+            f"labels; got {type(x).__name__}"
+            + (f" of {type(x[0]).__name__}" if isinstance(x, (list, tuple)) and x else "")
+            + "."
+        )
 
     def fit(self, x=None, y=None, batch_size=None, sample_weight=None,
             validation_data=None, **kwargs):
-        """``keras.Model.fit``; strings go through the preprocessor first."""
-        if _is_text(x) and len(x) == 0:
-            raise ValueError("fit() got an empty dataset: no strings to train on.")
+        """``keras.Model.fit``; text goes through the preprocessor first.
+
+        ``x`` may be a list of strings (language modelling), a dict of
+        ``{"prompts": [...], "responses": [...]}`` (only responses count in
+        the loss), a ``tf.data.Dataset`` of strings, or token arrays. Text is
+        tokenized up front, so ``batch_size``, ``epochs``, ``shuffle`` and
+        ``validation_split`` work as usual.
+        """
         x, y, sample_weight = self._preprocess_for_training(x, y, sample_weight)
-        if validation_data is not None and _is_text(validation_data):
-            validation_data = self._preprocess_for_training(validation_data, None, None)
+        if validation_data is not None:
+            validation_data = _strings_from_dataset(validation_data)
+            if _is_text(validation_data):
+                validation_data = self._preprocess_for_training(validation_data, None, None)
         return super().fit(
             x=x, y=y, batch_size=batch_size, sample_weight=sample_weight,
             validation_data=validation_data, **kwargs,
@@ -371,6 +395,8 @@ class GemmaCausalLM(keras.Model):
 
 
 def _is_text(x):
+    if isinstance(x, dict) and set(x) == {"prompts", "responses"}:
+        return True
     if isinstance(x, str):
         return True
     if isinstance(x, np.ndarray):
@@ -378,6 +404,20 @@ def _is_text(x):
     return isinstance(x, (list, tuple)) and len(x) > 0 and all(
         isinstance(i, str) for i in x
     ) or (isinstance(x, (list, tuple)) and len(x) == 0)
+
+
+def _strings_from_dataset(x):
+    """A tf.data.Dataset of strings (batched or not) as a list of str."""
+    if not hasattr(x, "as_numpy_iterator"):
+        return x
+    spec = x.element_spec
+    if getattr(spec, "dtype", None) is None or spec.dtype.name != "string":
+        return x
+    strings = []
+    for element in x.as_numpy_iterator():
+        for item in np.atleast_1d(element):
+            strings.append(item.decode("utf-8"))
+    return strings
 
 
 def _check_max_length(max_length):

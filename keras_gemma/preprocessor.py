@@ -33,7 +33,9 @@ class GemmaCausalLMPreprocessor:
     ``<bos> text <eos>``, truncated or right-padded to ``sequence_length + 1``
     and split into inputs and next-token labels, so ``model.fit(strings)``
     trains a language model. It returns ``(x, y, sample_weight)`` with
-    padding given zero weight.
+    padding given zero weight. Called on ``{"prompts": [...], "responses":
+    [...]}`` it packs ``<bos> prompt response <eos>`` and gives weight only to
+    the response's tokens (and ``<eos>``): instruction tuning.
 
     Args:
         tokenizer: a ``keras_gemma.GemmaTokenizer``.
@@ -68,10 +70,17 @@ class GemmaCausalLMPreprocessor:
         self.add_start_token = add_start_token
         self.add_end_token = add_end_token
 
-    def _pack(self, sequences, length, add_end_token):
-        """Adds special tokens, truncates and right-pads to ``length``."""
+    def _pack(self, sequences, length, add_end_token, prefix_lengths=None):
+        """Adds special tokens, truncates and right-pads to ``length``.
+
+        Returns token ids, the padding mask, and a mask of the tokens that
+        count as targets: all real tokens, except the first
+        ``prefix_lengths[row]`` tokens of each text (a prompt's).
+        """
         token_ids = np.full((len(sequences), length), self.tokenizer.pad_token_id, "int32")
         padding_mask = np.zeros((len(sequences), length), "bool")
+        target_mask = np.zeros((len(sequences), length), "bool")
+        start = int(self.add_start_token)
         for row, ids in enumerate(sequences):
             if self.add_start_token:
                 ids = [self.tokenizer.bos_token_id] + list(ids)
@@ -80,7 +89,9 @@ class GemmaCausalLMPreprocessor:
             ids = ids[:length]
             token_ids[row, : len(ids)] = ids
             padding_mask[row, : len(ids)] = True
-        return token_ids, padding_mask
+            prefix = start + (prefix_lengths[row] if prefix_lengths else 0)
+            target_mask[row, prefix : len(ids)] = True
+        return token_ids, padding_mask, target_mask
 
     def __call__(self, x, y=None, sample_weight=None, sequence_length=None):
         """Training/scoring inputs: ``(x, y, sample_weight)`` from strings."""
@@ -90,13 +101,36 @@ class GemmaCausalLMPreprocessor:
                 "token of each input); pass only the text, without `y` or "
                 "`sample_weight`."
             )
-        strings, _ = _as_string_list(x, "Training inputs")
         length = (sequence_length or self.sequence_length) + 1
-        token_ids, padding_mask = self._pack(
-            self.tokenizer.tokenize(strings), length, self.add_end_token
+        if isinstance(x, dict):
+            sequences, prompt_lengths = self._prompt_response_pairs(x)
+        else:
+            strings, _ = _as_string_list(x, "Training inputs")
+            sequences, prompt_lengths = self.tokenizer.tokenize(strings), None
+        token_ids, padding_mask, target_mask = self._pack(
+            sequences, length, self.add_end_token, prompt_lengths
         )
         inputs = {"token_ids": token_ids[:, :-1], "padding_mask": padding_mask[:, :-1]}
-        return inputs, token_ids[:, 1:], padding_mask[:, 1:].astype("float32")
+        return inputs, token_ids[:, 1:], target_mask[:, 1:].astype("float32")
+
+    def _prompt_response_pairs(self, x):
+        """Token ids of prompt + response, and each prompt's length."""
+        if set(x) != {"prompts", "responses"}:
+            raise ValueError(
+                "Dict inputs must have exactly the keys 'prompts' and "
+                f"'responses' (instruction tuning); got {sorted(x)}."
+            )
+        prompts, _ = _as_string_list(x["prompts"], "prompts")
+        responses, _ = _as_string_list(x["responses"], "responses")
+        if len(prompts) != len(responses):
+            raise ValueError(
+                f"Got {len(prompts)} prompts but {len(responses)} responses; "
+                "they must pair up one to one."
+            )
+        prompt_ids = self.tokenizer.tokenize(prompts)
+        response_ids = self.tokenizer.tokenize(responses)
+        sequences = [p + r for p, r in zip(prompt_ids, response_ids)]
+        return sequences, [len(p) for p in prompt_ids]
 
     def generate_preprocess(self, x, sequence_length=None):
         """Prompts to ``{"token_ids", "padding_mask"}``, ``<bos>`` and no ``<eos>``.
@@ -115,7 +149,7 @@ class GemmaCausalLMPreprocessor:
                 f"generate within max_length={length}. Pass a larger "
                 "`max_length` to generate() or shorten the prompt."
             )
-        token_ids, padding_mask = self._pack(sequences, length, add_end_token=False)
+        token_ids, padding_mask, _ = self._pack(sequences, length, add_end_token=False)
         return {"token_ids": token_ids, "padding_mask": padding_mask}
 
     def generate_postprocess(self, x):

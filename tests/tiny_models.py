@@ -83,15 +83,20 @@ def weight_shapes(config):
     return shapes
 
 
-def random_weights(config, seed=0):
-    """Seeded float32 weights in our layout (Dense kernels are (in, out))."""
+def random_weights(config, seed=0, embedding_scale=1.0):
+    """Seeded float32 weights in our layout (Dense kernels are (in, out)).
+
+    The default large embeddings make logits spread widely, which the parity
+    tests want; training tests use a small ``embedding_scale`` so the loss
+    starts near log(vocabulary_size), as for a real untrained model.
+    """
     weights = {}
     for index, (path, shape) in enumerate(sorted(weight_shapes(config).items())):
         rng = np.random.default_rng([seed, index])
         if path.endswith("scale"):
             scale = 0.3
         elif path.startswith("token_embedding"):
-            scale = 1.0
+            scale = embedding_scale
         else:
             scale = 1.0 / np.sqrt(shape[0])
         weights[path] = (rng.standard_normal(shape) * scale).astype("float32")

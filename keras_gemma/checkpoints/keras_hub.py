@@ -356,13 +356,16 @@ def write_weights(h5_path, backbone, family):
     from keras import ops
     from rich.progress import track
 
+    from keras_gemma.lora import base_weights
+
     config = backbone._config()
-    paths = _h5_paths([v.path for v in backbone.weights], family or "gemma")
+    weights = base_weights(backbone)
+    paths = _h5_paths(list(weights), family or "gemma")
     with h5py.File(h5_path, "w") as f:
-        for variable in track(backbone.weights, "Writing weights", transient=True):
-            array = ops.convert_to_numpy(variable.value)
+        for path in track(weights, "Writing weights", transient=True):
+            array = ops.convert_to_numpy(weights[path])
             dataset = f.create_dataset(
-                paths[variable.path], data=_to_keras_hub(variable.path, array, config)
+                paths[path], data=_to_keras_hub(path, array, config)
             )
             if str(array.dtype) == "bfloat16":
                 dataset.attrs["dtype"] = "bfloat16"  # as Keras itself does
