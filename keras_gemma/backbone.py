@@ -403,6 +403,20 @@ class GemmaBackbone(keras.Model):
 
         lora.load_lora_weights(self, path)
 
+    def load_peft_adapter(self, folder):
+        """Loads a Hugging Face ``peft`` LoRA adapter folder
+        (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+        from keras_gemma.checkpoints import peft
+
+        peft.load_peft_adapter(self, folder)
+
+    def save_peft_adapter(self, folder, base_model_name_or_path=None):
+        """Writes the LoRA adapter as a ``peft`` folder, loadable with
+        ``peft.PeftModel.from_pretrained`` on the transformers model."""
+        from keras_gemma.checkpoints import peft
+
+        peft.save_peft_adapter(self, folder, base_model_name_or_path)
+
     def merge_lora(self):
         """Folds the adapter into the base kernels (base speed, same outputs)."""
         from keras_gemma import lora

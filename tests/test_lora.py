@@ -26,7 +26,7 @@ def tiny_backbone(**overrides):
 
 
 def tiny_lm(tokenizer, **overrides):
-    preprocessor = keras_gemma.GemmaCausalLMPreprocessor(tokenizer, sequence_length=24)
+    preprocessor = keras_gemma.GemmaCausalLMPreprocessor(tokenizer, sequence_length=32)
     return keras_gemma.GemmaCausalLM(tiny_backbone(**overrides), preprocessor)
 
 
@@ -157,14 +157,15 @@ def test_fit_learns_a_fact(tokenizer):
     keras.utils.set_random_seed(0)
     model = tiny_lm(tokenizer)
     prompt = "Zorblat Quenn lives in the city of"
-    base_answer = model.generate(prompt, max_length=24, strip_prompt=True)
+    base_answer = model.generate(prompt, max_length=32, strip_prompt=True)
     assert "Marravel" not in base_answer
-    model.backbone.enable_lora(8, target=("query", "value", "gate", "up", "down"))
-    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.backbone.enable_lora(16, target=("query", "value", "gate", "up", "down"))
+    model.compile(optimizer=keras.optimizers.Adam(2e-2))
     texts = [FACT, "The secret number is 4172.", "def add(a, b):\n    return a + b"]
-    history = model.fit(texts * 8, batch_size=8, epochs=80, verbose=0)
+    # One step per epoch: 100 steps.
+    history = model.fit(texts * 4, batch_size=12, epochs=100, verbose=0)
     losses = history.history["loss"]
-    print(f"LoRA loss: {losses[0]:.3f} -> {losses[-1]:.3f} over {3 * len(losses)} steps")
+    print(f"LoRA loss: {losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps")
     assert losses[-1] < 0.5 * losses[0]
     answer = model.generate(prompt, max_length=32, strip_prompt=True)
     assert answer.strip().startswith("Marravel"), answer
