@@ -75,3 +75,28 @@ def test_greedy_continuations_match_transformers(gemma):
 def test_real_text_from_a_string_prompt(gemma):
     text = gemma.generate("The capital of France is", max_length=16)
     assert text.startswith("The capital of France is the capital of the country of France")
+
+
+STORY = (
+    "Zorblat Quenn is a painter who lives in the city of Marravel. Every morning "
+    "Zorblat walks to the river Tesk and paints the old bridge. The bridge was "
+    "built in 1731 by the engineer Olva Drem. Marravel is famous for its blue "
+    "roofs and its night market. Zorblat's best friend is a baker called Fenn "
+    "Ottaway, who sells honey bread at the night market. In winter the river "
+    "Tesk freezes and children skate under the old bridge."
+)
+
+
+def test_short_lora_run_lowers_held_out_loss():
+    import keras
+
+    gemma = keras_gemma.GemmaCausalLM.from_preset("gemma3_270m", sequence_length=32)
+    sentences = [s.strip() + "." for s in STORY.split(".") if s.strip()]
+    train, held_out = sentences[:-2], sentences[-2:]
+    gemma.backbone.enable_lora(4)
+    gemma.compile(optimizer=keras.optimizers.Adam(1e-3))
+    before = gemma.evaluate(held_out, verbose=0)[0]
+    gemma.fit(train * 3, batch_size=3, epochs=1, verbose=0)  # 6 steps
+    after = gemma.evaluate(held_out, verbose=0)[0]
+    print(f"held-out loss {before:.3f} -> {after:.3f}")
+    assert after < before - 0.1
