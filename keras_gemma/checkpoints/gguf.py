@@ -741,12 +741,11 @@ def _progress(items, enabled, path):
     if not enabled:
         return items
     try:
-        from tqdm.auto import tqdm
+        from rich.progress import track  # installed with Keras
     except ImportError:
         return items
-    return tqdm(
-        items, desc=f"Reading {os.path.basename(path)}", unit="tensor", leave=False
-    )
+    items = list(items)
+    return track(items, description=f"Reading {os.path.basename(path)}", transient=True)
 
 
 def _numpy_dtype(dtype):
