@@ -269,3 +269,16 @@ def test_backends_agree():
         assert abs(curves[backend][0] - reference[0]) <= 1e-4
         np.testing.assert_allclose(curves[backend], reference, rtol=1e-3)
     assert reference[-1] < reference[0]
+
+
+def test_fit_takes_tf_data_and_numpy_strings(tokenizer):
+    tf = pytest.importorskip("tensorflow")
+    model = tiny_lm(tokenizer)
+    model.backbone.enable_lora(2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    texts = [FACT, "The secret number is 4172."] * 4
+    dataset = tf.data.Dataset.from_tensor_slices(texts).batch(4)
+    history = model.fit(dataset, epochs=2, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    history = model.fit(np.array(texts), batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])

@@ -454,5 +454,5 @@ def test_small_preset_builds_with_published_count(path):
 @pytest.mark.slow
 def test_gemma_2b_builds_with_published_count():
     # bfloat16 halves the memory: about 5 GB for 2.5B parameters.
-    backbone = GemmaBackbone(**_preset("gemma_2b_en")["backbone"], dtype="bfloat16")
+    backbone = GemmaBackbone.from_preset("gemma_2b_en", load_weights=False, dtype="bfloat16")
     assert backbone.count_params() == 2_506_172_416

@@ -108,7 +108,7 @@ def read_gguf(path, dtype="float32", progress=True, load_weights=True):
         dtype: numpy dtype of the returned weights: ``"float32"``,
             ``"float16"`` or ``"bfloat16"`` (needs ``ml_dtypes``, which JAX and
             TensorFlow install).
-        progress: show a progress bar over tensors (if ``tqdm`` is installed).
+        progress: show a progress bar over tensors (rich, installed with Keras).
         load_weights: if ``False``, only the header is read (config,
             vocabulary, tensor shapes are all still checked) and ``weights`` is
             empty.
