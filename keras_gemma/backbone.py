@@ -376,6 +376,30 @@ class GemmaBackbone(keras.Model):
             preset, load_weights=load_weights, dtype=dtype, **kwargs
         )
 
+    # -- distribution (see keras_gemma/distribution.py) ----------------------
+
+    @staticmethod
+    def get_layout_map(
+        device_mesh,
+        model_parallel_dim_name="model",
+        data_parallel_dim_name="batch",
+        num_key_value_heads=None,
+    ):
+        """A ``keras.distribution.LayoutMap`` sharding the weights over the
+        mesh's model axis (JAX only). Use it with
+        ``keras.distribution.ModelParallel(layout_map=..., batch_dim_name=...)``
+        before ``from_preset``. Key/value projections are replicated unless
+        ``num_key_value_heads`` (> 1, divisible by the model axis) is given.
+        """
+        from keras_gemma import distribution
+
+        return distribution.get_layout_map(
+            device_mesh,
+            model_parallel_dim_name=model_parallel_dim_name,
+            data_parallel_dim_name=data_parallel_dim_name,
+            num_key_value_heads=num_key_value_heads,
+        )
+
     # -- LoRA (see keras_gemma/lora.py) --------------------------------------
 
     def enable_lora(self, rank, alpha=None, target=("query", "value")):
