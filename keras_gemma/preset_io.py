@@ -209,8 +209,10 @@ def resolve(preset, need_files=True):
 class _Checkpoint:
     """A preset's config, tokenizer and weights, read once per load."""
 
-    def __init__(self, preset, need_weights=True):
-        self.source = resolve(preset, need_files=need_weights)
+    def __init__(self, preset, need_weights=True, need_files=None):
+        self.source = resolve(
+            preset, need_files=need_weights if need_files is None else need_files
+        )
         self.name = preset if isinstance(preset, str) and self.source is None else None
         self._gguf = None
         if self.source is None:
@@ -226,7 +228,9 @@ class _Checkpoint:
         elif self.source.kind == "gguf":
             from keras_gemma.checkpoints import gguf
 
-            self._gguf = gguf.read_gguf(self.source.path, progress=True)
+            self._gguf = gguf.read_gguf(
+                self.source.path, progress=True, load_weights=need_weights
+            )
             self.config = dict(self._gguf.config)
         else:
             from keras_gemma.checkpoints import huggingface
@@ -288,13 +292,11 @@ def _build_backbone(checkpoint, load_weights, dtype):
     else:
         backbone = GemmaBackbone(**checkpoint.config, dtype=dtype)
     if load_weights:
-        source = str(checkpoint.source.path)
-        weights = {}
-        for path, array in _progress(
-            checkpoint.weights(backbone), len(backbone.weights), "Loading weights"
-        ):
-            weights[path] = array
-        assign_weights(backbone, weights, source)
+        assign_weights(
+            backbone,
+            _progress(checkpoint.weights(backbone), len(backbone.weights), "Loading weights"),
+            str(checkpoint.source.path),
+        )
     return backbone
 
 
@@ -314,13 +316,13 @@ def load_backbone(preset, load_weights=True, dtype=None):
 
 
 def load_tokenizer(preset):
-    return _Checkpoint(preset).tokenizer()
+    return _Checkpoint(preset, need_weights=False, need_files=True).tokenizer()
 
 
 def load_preprocessor(preset, sequence_length=None, **kwargs):
     from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
 
-    checkpoint = _Checkpoint(preset)
+    checkpoint = _Checkpoint(preset, need_weights=False, need_files=True)
     return GemmaCausalLMPreprocessor(
         checkpoint.tokenizer(),
         sequence_length=sequence_length or checkpoint.sequence_length(),
@@ -332,7 +334,7 @@ def load_causal_lm(preset, load_weights=True, dtype=None, sequence_length=None):
     from keras_gemma.causal_lm import GemmaCausalLM
     from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
 
-    checkpoint = _Checkpoint(preset)
+    checkpoint = _Checkpoint(preset, need_weights=load_weights, need_files=True)
     backbone = _build_backbone(checkpoint, load_weights, dtype)
     preprocessor = GemmaCausalLMPreprocessor(
         checkpoint.tokenizer(),

@@ -1,33 +1,31 @@
 """Readers and writers of Gemma checkpoints, one module per format.
 
 Every reader produces the same thing: a backbone config (``GemmaBackbone``
-keyword arguments) and a dict of numpy arrays keyed by our variable paths,
-e.g. ``decoder_block_0/attention/query/kernel``. ``assign_weights`` is the one
-place that copies such a dict into a model.
+keyword arguments) and numpy arrays keyed by our variable paths, e.g.
+``decoder_block_0/attention/query/kernel``. ``assign_weights`` is the one
+place that copies them into a model.
 """
-
-import numpy as np
 
 
 def assign_weights(backbone, weights, source):
-    """Copies ``weights`` (path -> array) into ``backbone``'s variables.
+    """Copies weights into ``backbone``'s variables, one tensor at a time.
 
-    Every variable must be given exactly once with the right shape; ``source``
-    names the file in error messages.
+    ``weights`` is a dict or an iterable of ``(path, array)`` pairs; readers
+    pass generators, so only one tensor beyond the model's own weights is in
+    memory at once. Every variable must be given exactly once with the right
+    shape; ``source`` names the file in error messages.
     """
     variables = {v.path: v for v in backbone.weights}
-    missing = sorted(set(variables) - set(weights))
-    unexpected = sorted(set(weights) - set(variables))
-    if missing or unexpected:
-        raise ValueError(
-            f"{source}: the checkpoint does not match the model's layers. "
-            f"Missing: {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
-            f"unexpected: {unexpected[:8]}"
-            f"{' ...' if len(unexpected) > 8 else ''}. Check that the config "
-            "and the weights come from the same model."
-        )
-    for path, value in weights.items():
-        variable = variables[path]
+    pairs = weights.items() if isinstance(weights, dict) else weights
+    assigned = set()
+    for path, value in pairs:
+        variable = variables.get(path)
+        if variable is None:
+            raise ValueError(
+                f"{source}: the checkpoint has a weight '{path}' that the model "
+                "does not have. Check that the config and the weights come "
+                "from the same model."
+            )
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(
                 f"{source}: weight of layer '{path}' has shape "
@@ -35,6 +33,12 @@ def assign_weights(backbone, weights, source):
                 f"{tuple(variable.shape)}. Check that the config and the "
                 "weights come from the same model."
             )
-    for path, value in weights.items():
-        variable = variables[path]
         variable.assign(value)
+        assigned.add(path)
+    missing = sorted(set(variables) - assigned)
+    if missing:
+        raise ValueError(
+            f"{source}: the checkpoint lacks weights for "
+            f"{missing[:8]}{' ...' if len(missing) > 8 else ''}. Check that the "
+            "config and the weights come from the same model."
+        )

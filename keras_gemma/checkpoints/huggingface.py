@@ -136,6 +136,8 @@ def our_name(hf_name, config):
         return "final_norm/scale"
     if hf_name.endswith("lm_head.weight"):
         return None  # tied to the embedding
+    if hf_name.startswith(("vision_tower.", "multi_modal_projector.")):
+        return None  # Gemma 3's image encoder: keras_gemma runs the text model
     match = _LAYER_PATTERN.match(hf_name)
     if not match:
         return "?" + hf_name
