@@ -1,28 +1,91 @@
-"""Gemma language models on Keras 3: JAX, TensorFlow and PyTorch alike."""
+"""Gemma language models on Keras 3: JAX, TensorFlow and PyTorch alike.
+
+Importing ``keras_gemma`` does not import Keras yet: the classes load on
+first use, so ``KERAS_BACKEND`` (or ``keras-gemma --backend``) can still be
+chosen after ``import keras_gemma``. If no backend is chosen anywhere
+(``KERAS_BACKEND``, or an installed backend named in ``~/.keras/keras.json``),
+the first installed of JAX, TensorFlow and PyTorch is used.
+"""
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
 
 __version__ = "0.1.0"
 
-import os as _os
+SUPPORTED_BACKENDS = ("jax", "tensorflow", "torch")
 
-_SUPPORTED = ("jax", "tensorflow", "torch")
-if _os.environ.get("KERAS_BACKEND", "jax") not in _SUPPORTED:
-    # Checked before Keras is imported, whose own error is less helpful.
-    raise ValueError(
-        f"KERAS_BACKEND={_os.environ['KERAS_BACKEND']!r} is not supported by "
-        f"keras_gemma. Set it to one of {', '.join(_SUPPORTED)}, e.g. "
+
+def _unsupported(backend, where):
+    return ValueError(
+        f"{where}={backend!r} is not supported by keras_gemma. Set "
+        f"KERAS_BACKEND to one of {', '.join(SUPPORTED_BACKENDS)}, e.g. "
         "`export KERAS_BACKEND=jax`."
     )
 
-from keras_gemma import backend as _backend  # noqa: E402
 
-_backend.name()  # also rejects other backends chosen in ~/.keras/keras.json
+def _choose_backend():
+    """Validates the requested backend, or picks an installed one.
 
-from keras_gemma import samplers
-from keras_gemma.backbone import GemmaBackbone
-from keras_gemma.causal_lm import GemmaCausalLM
-from keras_gemma.lora import LoRACheckpoint
-from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
-from keras_gemma.preset_io import convert
-from keras_gemma.preset_io import list_presets
-from keras_gemma.preset_io import preset_info
-from keras_gemma.tokenizer import GemmaTokenizer
+    Runs before Keras is imported: Keras' own error for a bad backend is a
+    deep import failure, and its default (TensorFlow) may not be installed.
+    """
+    requested = os.environ.get("KERAS_BACKEND")
+    if requested is not None:
+        if requested not in SUPPORTED_BACKENDS:
+            raise _unsupported(requested, "KERAS_BACKEND")
+        return
+    if "keras" in sys.modules:
+        return  # Keras already chose; checked on first use
+    config_dir = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    try:
+        with open(os.path.join(config_dir, "keras.json")) as f:
+            configured = json.load(f).get("backend")
+    except (OSError, ValueError):
+        configured = None
+    if configured is not None:
+        if configured not in SUPPORTED_BACKENDS:
+            raise _unsupported(configured, "the backend in keras.json")
+        # Keras writes keras.json with its default (tensorflow) on first
+        # import, so only trust it when that backend is installed.
+        if importlib.util.find_spec(configured) is not None:
+            return
+    for backend in SUPPORTED_BACKENDS:
+        if importlib.util.find_spec(backend) is not None:
+            os.environ["KERAS_BACKEND"] = backend
+            return
+
+
+_choose_backend()
+
+# Public name -> module that defines it, imported on first access.
+_EXPORTS = {
+    "GemmaBackbone": "keras_gemma.backbone",
+    "GemmaCausalLM": "keras_gemma.causal_lm",
+    "GemmaCausalLMPreprocessor": "keras_gemma.preprocessor",
+    "GemmaTokenizer": "keras_gemma.tokenizer",
+    "LoRACheckpoint": "keras_gemma.lora",
+    "convert": "keras_gemma.preset_io",
+    "list_presets": "keras_gemma.preset_io",
+    "preset_info": "keras_gemma.preset_io",
+}
+__all__ = sorted(_EXPORTS) + ["samplers"]
+
+
+def __getattr__(name):
+    if name == "samplers" or name in _EXPORTS:
+        from keras_gemma import backend
+
+        backend.name()  # rejects a backend Keras chose that we do not support
+        if name == "samplers":
+            return importlib.import_module("keras_gemma.samplers")
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'keras_gemma' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
