@@ -62,6 +62,25 @@ def compile_inference(model, function):
     return run_without_grad
 
 
+def place_for_variable(variable, value):
+    """``value`` (a numpy array) made ready to assign to ``variable``.
+
+    Under a JAX ``keras.distribution``, each device receives only its own
+    shard straight from host memory; a plain ``assign`` would first build
+    the whole tensor on one device and then re-shard it.
+    """
+    layout = getattr(variable, "_layout", None)
+    if layout is None or name() != "jax":
+        return value
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    sharding = getattr(layout, "backend_layout", layout)
+    host_value = np.asarray(value).astype(jnp.dtype(variable.dtype), copy=False)
+    return jax.device_put(host_value, sharding)
+
+
 def no_grad():
     """Context manager disabling gradient tracking where that costs (torch)."""
     if name() == "torch":

@@ -6,6 +6,8 @@ keyword arguments) and numpy arrays keyed by our variable paths, e.g.
 place that copies them into a model.
 """
 
+from keras_gemma import backend
+
 
 def assign_weights(backbone, weights, source):
     """Copies weights into ``backbone``'s variables, one tensor at a time.
@@ -33,7 +35,7 @@ def assign_weights(backbone, weights, source):
                 f"{tuple(variable.shape)}. Check that the config and the "
                 "weights come from the same model."
             )
-        variable.assign(value)
+        variable.assign(backend.place_for_variable(variable, value))
         assigned.add(path)
     missing = sorted(set(variables) - assigned)
     if missing:
