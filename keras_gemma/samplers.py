@@ -5,7 +5,7 @@ A sampler maps next-token logits, float32 (batch, vocabulary), to token ids
 drawn by ``GemmaCausalLM.generate`` from numpy with the user's ``seed``; each
 sampler turns it into a token by inverting its distribution's CDF. This keeps
 sampling inside the compiled decode loop with no random state to thread
-through it, and the same seed gives the same tokens on every backend.
+through it, and the same seed gives every backend the same random numbers.
 """
 
 from keras import ops
