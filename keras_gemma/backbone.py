@@ -19,6 +19,7 @@ a handful of switches, all in the constructor:
 import contextlib
 import contextvars
 import math
+import warnings
 
 import keras
 from keras import ops
@@ -399,6 +400,45 @@ class GemmaBackbone(keras.Model):
             data_parallel_dim_name=data_parallel_dim_name,
             num_key_value_heads=num_key_value_heads,
         )
+
+    # -- quantization --------------------------------------------------------
+
+    def quantize(self, mode="int8", config=None, **kwargs):
+        """Stores the weight matrices as int8 with per-channel float scales.
+
+        Weight-only: activations stay in the compute dtype, and each matmul
+        multiplies by the int8 matrix and then by the output channel's scale.
+        Keras' own int8 ``Dense`` serves the projections (with activation
+        quantization switched off); ``TiedEmbedding`` quantizes itself.
+        Norm scales stay in float. Only ``"int8"`` is supported, always
+        weight-only: Keras passes its default config (which would quantize
+        activations too) as ``config``, so ``config`` is not used.
+        """
+        if mode != "int8":
+            raise ValueError(
+                f"GemmaBackbone.quantize supports mode='int8' only, got {mode!r}."
+            )
+        if self.is_quantized:
+            raise ValueError("This backbone is already quantized to int8.")
+        config = keras.quantizers.Int8QuantizationConfig(
+            weight_quantizer=keras.quantizers.AbsMaxQuantizer(axis=0),
+            activation_quantizer=None,
+        )
+        if kwargs:
+            raise TypeError(f"Unexpected arguments to quantize: {sorted(kwargs)}.")
+        with warnings.catch_warnings():
+            # Keras' quantizer converts through numpy with a copy=False hint
+            # that its tensors warn about; harmless.
+            warnings.filterwarnings("ignore", message="__array__ implementation")
+            for layer in self._flatten_layers():
+                if type(layer) is keras.layers.Dense:
+                    layer.quantize(mode, config=config)
+            self.token_embedding.quantize(mode)
+        self.train_function = self.test_function = self.predict_function = None
+
+    @property
+    def is_quantized(self):
+        return self.token_embedding.is_int8
 
     # -- LoRA (see keras_gemma/lora.py) --------------------------------------
 

@@ -26,12 +26,14 @@ def name():
     return backend
 
 
-def compile_inference(model, function):
+def compile_inference(model, function, donate_argnums=()):
     """Returns ``function`` compiled for inference with ``model``'s weights.
 
     ``function`` takes and returns tensors (or nested tuples/lists of them)
     and reads ``model``'s variables; Python values it needs must be closed
-    over, and a new compiled function made for each.
+    over, and a new compiled function made for each. ``donate_argnums``
+    names arguments the caller never reads again (a key/value cache), so
+    JAX may update them in place instead of copying.
     """
     backend = name()
     if backend == "jax":
@@ -42,7 +44,8 @@ def compile_inference(model, function):
             with keras.StatelessScope(state_mapping=mapping):
                 return function(*args)
 
-        jitted = jax.jit(stateless)
+        donate = tuple(i + 1 for i in donate_argnums)
+        jitted = jax.jit(stateless, donate_argnums=donate)
 
         def run(*args):
             return jitted([v.value for v in model.variables], *args)

@@ -15,6 +15,9 @@ from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
 # Prompts are prefilled in buckets of this many positions, so prompts of
 # similar length share one compiled program.
 PREFILL_BUCKET = 32
+# Total lengths (prompt + output) are rounded up to a multiple of this, so a
+# new max_length does not recompile the decode loop.
+LENGTH_BUCKET = 128
 
 
 class GemmaCausalLM(keras.Model):
@@ -291,45 +294,155 @@ class GemmaCausalLM(keras.Model):
             raise ValueError(f"stop_token_ids {ids} lie outside the vocabulary.")
         return ids
 
-    def _generate_tokens(self, token_ids, padding_mask, stop_ids, seed):
-        batch_size, max_length = token_ids.shape
-        shortest = int(padding_mask.sum(axis=1).min())
-        prefill_length = min(max_length, -(-shortest // PREFILL_BUCKET) * PREFILL_BUCKET)
-        key = (json.dumps(type(self.sampler).__name__), json.dumps(self.sampler.get_config()), prefill_length)
-        if key not in self._generate_functions:
-            self._generate_functions[key] = backend.compile_inference(
-                self, self._make_generate_loop(self.sampler, prefill_length)
-            )
-        generate_loop = self._generate_functions[key]
-        rng = np.random.default_rng(seed)
-        uniforms = rng.random((max_length, batch_size), dtype="float32")
-        # A fixed number of stop-id slots, so new stop lists reuse the program.
-        slots = max(4, len(stop_ids))
-        stop = np.full((slots,), -1, "int32")
-        stop[: len(stop_ids)] = stop_ids
-        output = generate_loop(
-            ops.convert_to_tensor(token_ids, "int32"),
-            ops.convert_to_tensor(padding_mask, "bool"),
-            ops.convert_to_tensor(uniforms, "float32"),
-            ops.convert_to_tensor(stop, "int32"),
-        )
-        return np.asarray(ops.convert_to_numpy(output)).astype("int32")
+    def stream(self, prompt, max_length=None, stop_token_ids="auto", seed=None):
+        """Yields the new text of one prompt piece by piece, as it is sampled.
 
-    def _make_generate_loop(self, sampler, prefill_length):
+        Takes the same arguments as ``generate`` for a single string and
+        produces the same tokens; joined, the pieces equal
+        ``generate(prompt, ..., strip_prompt=True)``. Each step runs one
+        compiled decode call, so the text arrives token by token.
+
+        Example:
+
+        ```python
+        for piece in gemma.stream("The capital of France is", max_length=40):
+            print(piece, end="", flush=True)
+        ```
+        """
+        if not isinstance(prompt, str):
+            raise TypeError(
+                "stream() takes one prompt string; got "
+                f"{type(prompt).__name__}. Use generate() for batches."
+            )
+        if self.preprocessor is None:
+            raise ValueError("stream() needs a preprocessor to turn text into tokens.")
+        _check_max_length(max_length)
+        batch = self.preprocessor.generate_preprocess(prompt, max_length)
+        stop_ids = self._stop_token_ids(stop_token_ids)
+        state = self._start_generation(
+            batch["token_ids"], batch["padding_mask"], stop_ids, seed
+        )
+        return self._stream_pieces(state, stop_ids)
+
+    def _stream_pieces(self, state, stop_ids):
+        tokenizer = self.preprocessor.tokenizer
+        new_ids, emitted = [], ""
+        while state["index"] < state["max_length"]:
+            state = self._decode(state, end=state["index"] + 1)
+            if state["done"]:
+                break  # the token just sampled is a stop token
+            token = int(state["token_ids"][0, state["index"] - 1])
+            new_ids.append(token)
+            text = tokenizer.detokenize(new_ids)
+            # A character split over several byte tokens decodes as U+FFFD
+            # until its last byte arrives; hold it back until then.
+            if text.endswith("\ufffd"):
+                continue
+            if len(text) > len(emitted):
+                yield text[len(emitted):]
+                emitted = text
+        text = tokenizer.detokenize(new_ids) if new_ids else ""
+        if len(text) > len(emitted):
+            yield text[len(emitted):]
+
+    def _generate_tokens(self, token_ids, padding_mask, stop_ids, seed):
+        state = self._start_generation(token_ids, padding_mask, stop_ids, seed)
+        state = self._decode(state, end=state["max_length"])
+        return state["token_ids"][:, : state["max_length"]]
+
+    def _compiled(self, name, make, *key):
+        key = (name, type(self.sampler).__name__, json.dumps(self.sampler.get_config()), *key)
+        if key not in self._generate_functions:
+            self._generate_functions[key] = make()
+        return self._generate_functions[key]
+
+    def _start_generation(self, token_ids, padding_mask, stop_ids, seed):
+        """Pads to the length bucket, prefills the cache; returns the state."""
+        batch_size, max_length = token_ids.shape
+        # Arrays (and the cache) take the bucket's length, so every
+        # max_length in a bucket reuses one compiled program; the decode loop
+        # still stops at max_length.
+        bucket = -(-max_length // LENGTH_BUCKET) * LENGTH_BUCKET
+        pad = ((0, 0), (0, bucket - max_length))
+        token_ids = np.pad(token_ids, pad, constant_values=self.backbone_pad_id())
+        padding_mask = np.pad(padding_mask, pad)
+        shortest = int(padding_mask.sum(axis=1).min())
+        prefill_length = min(bucket, -(-shortest // PREFILL_BUCKET) * PREFILL_BUCKET)
+        prefill = self._compiled(
+            "prefill",
+            lambda: backend.compile_inference(self, self._make_prefill(prefill_length)),
+            prefill_length,
+        )
+        rng = np.random.default_rng(seed)
+        uniforms = rng.random((bucket, batch_size), dtype="float32")
+        # A fixed number of stop-id slots, so new stop lists reuse the program.
+        stop = np.full((max(4, len(stop_ids)),), -1, "int32")
+        stop[: len(stop_ids)] = stop_ids
+        token_tensor = ops.convert_to_tensor(token_ids, "int32")
+        return {
+            "token_ids": token_ids,
+            "token_tensor": token_tensor,
+            "padding_mask": ops.convert_to_tensor(padding_mask, "bool"),
+            "uniforms": ops.convert_to_tensor(uniforms, "float32"),
+            "stop_ids": ops.convert_to_tensor(stop, "int32"),
+            "cache": prefill(token_tensor),
+            "finished": ops.zeros((batch_size,), "bool"),
+            "index": shortest,
+            "done": False,
+            "max_length": max_length,
+        }
+
+    def _decode(self, state, end):
+        """Runs the compiled decode loop from ``state["index"]`` to ``end``."""
+        decode = self._compiled(
+            "decode",
+            lambda: backend.compile_inference(
+                self, self._make_decode_loop(self.sampler), donate_argnums=(4,)
+            ),
+        )
+        token_tensor, cache, finished, index = decode(
+            state["token_tensor"],
+            state["padding_mask"],
+            state["uniforms"],
+            state["stop_ids"],
+            state["cache"],
+            state["finished"],
+            ops.convert_to_tensor(state["index"], "int32"),
+            ops.convert_to_tensor(end, "int32"),
+        )
+        token_ids = np.asarray(ops.convert_to_numpy(token_tensor)).astype("int32")
+        return {
+            **state,
+            "token_ids": token_ids,
+            "token_tensor": token_tensor,
+            "cache": cache,
+            "finished": finished,
+            "index": int(ops.convert_to_numpy(index)),
+            "done": bool(np.all(ops.convert_to_numpy(finished))),
+        }
+
+    def _make_prefill(self, prefill_length):
         backbone = self.backbone
 
-        def generate_loop(token_ids, padding_mask, uniforms, stop_ids):
-            batch_size, max_length = ops.shape(token_ids)
-            cache = backbone.init_cache(batch_size, max_length)
+        def prefill(token_ids):
+            batch_size, length = ops.shape(token_ids)
+            cache = backbone.init_cache(batch_size, length)
             _, cache = backbone.compute_hidden_states(
                 token_ids[:, :prefill_length], cache=cache, cache_update_index=0
             )
-            start = ops.min(ops.sum(ops.cast(padding_mask, "int32"), axis=1))
+            return cache
+
+        return prefill
+
+    def _make_decode_loop(self, sampler):
+        backbone = self.backbone
+
+        def decode_loop(token_ids, padding_mask, uniforms, stop_ids, cache,
+                        finished, index, end):
+            batch_size = ops.shape(token_ids)[0]
 
             def cond(index, token_ids, cache, finished):
-                return ops.logical_and(
-                    index < max_length, ops.logical_not(ops.all(finished))
-                )
+                return ops.logical_and(index < end, ops.logical_not(ops.all(finished)))
 
             def body(index, token_ids, cache, finished):
                 previous = ops.slice(token_ids, [0, index - 1], [batch_size, 1])
@@ -350,24 +463,41 @@ class GemmaCausalLM(keras.Model):
                 )
                 return index + 1, token_ids, cache, finished
 
-            finished = ops.zeros((batch_size,), "bool")
-            _, token_ids, _, _ = ops.while_loop(
-                cond, body, (start, token_ids, cache, finished)
+            index, token_ids, cache, finished = ops.while_loop(
+                cond, body, (index, token_ids, cache, finished)
             )
-            return token_ids
+            return token_ids, cache, finished, index
 
-        return generate_loop
+        return decode_loop
+
+    def quantize(self, mode="int8", config=None, **kwargs):
+        """Weight-only int8 for the backbone; see ``GemmaBackbone.quantize``."""
+        self.backbone.quantize(mode, config=config, **kwargs)
+        self._generate_functions = {}
 
     # -- presets -------------------------------------------------------------
 
     @classmethod
-    def from_preset(cls, preset, load_weights=True, dtype=None, **kwargs):
-        """A model from a preset name, preset directory or checkpoint path."""
+    def from_preset(cls, preset, load_weights=True, dtype=None, quantize=None, **kwargs):
+        """A model from a preset name, preset directory or checkpoint path.
+
+        ``dtype``: the weights' and computation's dtype policy (``"float32"``,
+        ``"bfloat16"``, ``"mixed_bfloat16"``); default: the checkpoint's.
+        ``quantize="int8"``: weight-only int8 after loading (see
+        ``quantize``).
+        """
         from keras_gemma import preset_io
 
-        return preset_io.load_causal_lm(
+        if quantize not in (None, "int8"):
+            raise ValueError(
+                f"`quantize` must be None or 'int8', got {quantize!r}."
+            )
+        model = preset_io.load_causal_lm(
             preset, load_weights=load_weights, dtype=dtype, **kwargs
         )
+        if quantize is not None:
+            model.quantize(quantize)
+        return model
 
     def save_to_preset(self, preset_dir):
         """Writes backbone, tokenizer and preprocessor config atomically."""

@@ -375,6 +375,11 @@ def save_preset(preset_dir, backbone, preprocessor=None, tokenizer=None):
     from keras_gemma.checkpoints.keras_hub import task_jsons
     from keras_gemma.checkpoints.keras_hub import write_weights
 
+    if getattr(backbone, "is_quantized", False):
+        raise ValueError(
+            "This model is quantized to int8, and presets store float weights. "
+            "Save the unquantized model and load it with quantize='int8'."
+        )
     if tokenizer is None and preprocessor is not None:
         tokenizer = preprocessor.tokenizer
     target = Path(preset_dir).resolve()

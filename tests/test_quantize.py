@@ -1,0 +1,101 @@
+"""Weight-only int8 (``quantize="int8"``) on tiny models.
+
+The reference is hand-computed: the same float model with every matrix
+rounded in numpy to int8 levels (absmax scale per output channel: per
+column of a Dense kernel, per vocabulary row of the embedding) and
+dequantized again. The int8 model must give those logits; it must also stay
+close to the unquantized model.
+"""
+
+import numpy as np
+import pytest
+from conftest import to_numpy
+from test_causal_lm import IDS, MASK, assert_raised_by_us, tiny_backbone
+
+import keras_gemma
+from keras_gemma.checkpoints import assign_weights
+
+
+def fake_quantized(values, axis):
+    """Rounds to int8 levels with absmax scales reduced over ``axis``.
+
+    Written as Keras' AbsMaxQuantizer does it (multiply by 127 / absmax, in
+    float32), so that values at exactly .5 of a level round the same way.
+    """
+    values = values.astype("float32")
+    scale = np.float32(127.0) / (np.abs(values).max(axis=axis, keepdims=True) + np.float32(1e-7))
+    return (np.clip(np.round(values * scale), -127, 127) / scale).astype("float32")
+
+
+def logits(backbone):
+    hidden = backbone({"token_ids": IDS, "padding_mask": MASK})
+    return to_numpy(backbone.compute_logits(hidden))
+
+
+@pytest.mark.parametrize("name", ["gemma_mqa", "gemma3"])
+def test_int8_logits_equal_numpy_dequantized_weights(name):
+    float_model = tiny_backbone(name, gain=4.0)
+    weights = {v.path: to_numpy(v) for v in float_model.weights}
+    rounded = {}
+    for path, value in weights.items():
+        if path.endswith("/kernel"):
+            rounded[path] = fake_quantized(value, axis=0)  # per output column
+        elif path == "token_embedding/embeddings":
+            rounded[path] = fake_quantized(value, axis=1)  # per vocabulary row
+        else:
+            rounded[path] = value  # norms stay in float
+    reference = keras_gemma.GemmaBackbone(**float_model._config())
+    assign_weights(reference, rounded, "numpy int8 reference")
+
+    float_model.quantize("int8")
+    assert float_model.is_quantized
+    dtypes = {v.path: str(v.dtype) for v in float_model.weights}
+    assert dtypes["token_embedding/embeddings_int8"] == "int8"
+    assert dtypes["decoder_block_0/attention/query/kernel"] == "int8"
+    np.testing.assert_allclose(logits(float_model), logits(reference), atol=2e-4, rtol=1e-4)
+
+
+def test_int8_stays_close_to_float_and_generates_the_same_greedy_tokens(preprocessor):
+    float_lm = keras_gemma.GemmaCausalLM(tiny_backbone(gain=100.0), preprocessor)
+    int8_lm = keras_gemma.GemmaCausalLM(tiny_backbone(gain=100.0), preprocessor)
+    int8_lm.quantize("int8")
+    a, b = logits(float_lm.backbone), logits(int8_lm.backbone)
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
+    prompts = {"token_ids": IDS[:, :6], "padding_mask": MASK[:, :6]}
+    out_float = float_lm.generate(prompts, max_length=12, stop_token_ids=None)
+    out_int8 = int8_lm.generate(prompts, max_length=12, stop_token_ids=None)
+    agree = (out_float["token_ids"] == out_int8["token_ids"]).mean()
+    assert agree >= 0.9, (out_float["token_ids"], out_int8["token_ids"])
+
+
+@pytest.fixture(scope="module")
+def preprocessor(tokenizer):
+    return keras_gemma.GemmaCausalLMPreprocessor(tokenizer, sequence_length=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_preset(tmp_path_factory, tokenizer):
+    directory = tmp_path_factory.mktemp("preset") / "tiny"
+    from keras_gemma.preset_io import save_preset
+
+    save_preset(directory, backbone=tiny_backbone(gain=4.0), tokenizer=tokenizer)
+    return directory
+
+
+def test_from_preset_quantize(tiny_preset):
+    model = keras_gemma.GemmaCausalLM.from_preset(tiny_preset, quantize="int8")
+    assert model.backbone.is_quantized
+    text = model.generate("hello", max_length=8)
+    assert isinstance(text, str) and text.startswith("hello")
+
+
+def test_quantize_errors(tiny_preset, tmp_path):
+    with pytest.raises(ValueError, match="quantize") as info:
+        keras_gemma.GemmaCausalLM.from_preset(tiny_preset, quantize="int4")
+    assert_raised_by_us(info)
+    model = keras_gemma.GemmaCausalLM.from_preset(tiny_preset, quantize="int8")
+    with pytest.raises(ValueError, match="already quantized"):
+        model.quantize("int8")
+    with pytest.raises(ValueError, match="int8"):
+        model.save_to_preset(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
