@@ -67,6 +67,7 @@ _EXPORTS = {
     "GemmaCausalLMPreprocessor": "keras_gemma.preprocessor",
     "GemmaTokenizer": "keras_gemma.tokenizer",
     "LoRACheckpoint": "keras_gemma.lora",
+    "chat_template": "keras_gemma.chat",
     "convert": "keras_gemma.preset_io",
     "list_presets": "keras_gemma.preset_io",
     "preset_info": "keras_gemma.preset_io",

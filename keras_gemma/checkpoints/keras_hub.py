@@ -354,6 +354,7 @@ def write_weights(h5_path, backbone, family):
     """Writes ``backbone``'s weights as keras-hub's model.weights.h5."""
     import h5py
     from keras import ops
+    from rich.console import Console
     from rich.progress import track
 
     from keras_gemma.lora import base_weights
@@ -362,7 +363,8 @@ def write_weights(h5_path, backbone, family):
     weights = base_weights(backbone)
     paths = _h5_paths(list(weights), family or "gemma")
     with h5py.File(h5_path, "w") as f:
-        for path in track(weights, "Writing weights", transient=True):
+        for path in track(weights, "Writing weights", transient=True,
+                          console=Console(stderr=True)):
             array = ops.convert_to_numpy(weights[path])
             dataset = f.create_dataset(
                 paths[path], data=_to_keras_hub(path, array, config)
