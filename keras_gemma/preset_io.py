@@ -215,6 +215,9 @@ class _Checkpoint:
         )
         self.name = preset if isinstance(preset, str) and self.source is None else None
         self._gguf = None
+        # The dtype a keras-hub preset was saved in; like keras-hub, loading
+        # uses it unless `dtype=` says otherwise.
+        self.stored_dtype = None
         if self.source is None:
             self.config = dict(preset_info(preset)["backbone"])
             return
@@ -225,6 +228,7 @@ class _Checkpoint:
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 raise ValueError(f"{path}: not valid JSON ({error}).") from None
             self.config = keras_hub_format.config_from_keras_hub(serialized, path)
+            self.stored_dtype = keras_hub_format.stored_dtype(serialized)
         elif self.source.kind == "gguf":
             from keras_gemma.checkpoints import gguf
 
@@ -286,6 +290,8 @@ def _build_backbone(checkpoint, load_weights, dtype):
     from keras_gemma.backbone import skip_weight_initialization
     from keras_gemma.checkpoints import assign_weights
 
+    if dtype is None:
+        dtype = checkpoint.stored_dtype
     if load_weights:
         with skip_weight_initialization():
             backbone = GemmaBackbone(**checkpoint.config, dtype=dtype)

@@ -90,6 +90,10 @@ def test_bfloat16_round_trip(tmp_path):
     assign_weights(backbone, random_weights(config), "tiny")
     backbone.save_to_preset(tmp_path / "bf16")
     loaded = keras_gemma.GemmaBackbone.from_preset(str(tmp_path / "bf16"), dtype="bfloat16")
+    # Without dtype=, the stored dtype is used (as keras-hub does).
+    assert keras_gemma.GemmaBackbone.from_preset(str(tmp_path / "bf16")).dtype_policy.name == "bfloat16"
+    assert keras_gemma.GemmaBackbone.from_preset(
+        str(tmp_path / "bf16"), dtype="float32").dtype_policy.name == "float32"
     for a, b in zip(backbone.weights, loaded.weights):
         np.testing.assert_array_equal(to_numpy(a.value).astype("float32"),
                                       to_numpy(b.value).astype("float32"))

@@ -50,6 +50,15 @@ def is_keras_hub_preset(path):
 # -- config ------------------------------------------------------------------
 
 
+def stored_dtype(serialized):
+    """The dtype policy name saved in a keras-hub ``config.json``, if plain."""
+    dtype = serialized.get("config", {}).get("dtype")
+    if isinstance(dtype, dict):
+        dtype = (dtype.get("config") or {}).get("name")
+    known = ("float32", "bfloat16", "float16", "mixed_bfloat16", "mixed_float16")
+    return dtype if dtype in known else None
+
+
 def config_from_keras_hub(serialized, source):
     """Our backbone kwargs from a keras-hub (or our own) ``config.json``."""
     registered = serialized.get("registered_name") or ""
