@@ -23,11 +23,20 @@ for backend in jax tensorflow torch; do
   [ "$rc" -ne 0 ] && status=1
   summary+=("$backend: exit $rc in $((SECONDS - start)) s")
 done
+# The notebooks choose their backends themselves: run them once, not per
+# backend (KERAS_BACKEND=jax only spares pytest itself importing TensorFlow).
+echo "=== notebooks"
+start=$SECONDS
+KERAS_BACKEND=jax KERAS_GEMMA_RUN_NOTEBOOKS=1 .venv/bin/python -m pytest -q -n 2 tests/test_notebooks.py 2>&1 \
+  | tee .venv/pytest-notebooks.log
+rc=${PIPESTATUS[0]}
+[ "$rc" -ne 0 ] && status=1
+summary+=("notebooks: exit $rc in $((SECONDS - start)) s")
 echo "=== summary"
 printf '%s\n' "${summary[@]}"
 passed=0; failed=0
-for backend in jax tensorflow torch; do
-  line=$(grep -E '^[0-9]+ (passed|failed)|[0-9]+ passed' ".venv/pytest-$backend.log" | tail -1)
+for log in jax tensorflow torch notebooks; do
+  line=$(grep -E '^[0-9]+ (passed|failed)|[0-9]+ passed' ".venv/pytest-$log.log" | tail -1)
   p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || true)
   f=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+' || true)
   e=$(grep -oE '[0-9]+ error' <<<"$line" | grep -oE '[0-9]+' || true)
