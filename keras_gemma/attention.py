@@ -14,6 +14,7 @@ decided by the mask the caller passes in.
 import keras
 from keras import ops
 
+from keras_gemma.quantization import QuantizableDense
 from keras_gemma.rms_norm import RMSNorm
 from keras_gemma.rotary_embedding import apply_rotary
 
@@ -53,7 +54,7 @@ class GemmaAttention(keras.layers.Layer):
         self.dropout = dropout
 
         def projection(units, name):
-            return keras.layers.Dense(
+            return QuantizableDense(
                 units,
                 use_bias=False,
                 kernel_initializer=kernel_initializer,

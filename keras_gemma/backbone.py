@@ -19,13 +19,13 @@ a handful of switches, all in the constructor:
 import contextlib
 import contextvars
 import math
-import warnings
 
 import keras
 from keras import ops
 
 from keras_gemma.decoder_block import GemmaDecoderBlock
 from keras_gemma.embedding import TiedEmbedding
+from keras_gemma.quantization import QuantizableDense
 from keras_gemma.rms_norm import RMSNorm
 from keras_gemma.rotary_embedding import rotary_cos_sin
 
@@ -404,15 +404,13 @@ class GemmaBackbone(keras.Model):
     # -- quantization --------------------------------------------------------
 
     def quantize(self, mode="int8", config=None, **kwargs):
-        """Stores the weight matrices as int8 with per-channel float scales.
+        """Stores every weight matrix as int8 with group scales.
 
-        Weight-only: activations stay in the compute dtype, and each matmul
-        multiplies by the int8 matrix and then by the output channel's scale.
-        Keras' own int8 ``Dense`` serves the projections (with activation
-        quantization switched off); ``TiedEmbedding`` quantizes itself.
-        Norm scales stay in float. Only ``"int8"`` is supported, always
-        weight-only: Keras passes its default config (which would quantize
-        activations too) as ``config``, so ``config`` is not used.
+        Weight-only: one float32 scale per 32 values along each matrix's
+        input axis (see ``keras_gemma/quantization.py``); activations and
+        norm scales stay in the compute dtype. Only ``"int8"`` is supported;
+        ``config`` (which Keras' ``quantize`` machinery fills with its own
+        default) is not used.
         """
         if mode != "int8":
             raise ValueError(
@@ -420,20 +418,12 @@ class GemmaBackbone(keras.Model):
             )
         if self.is_quantized:
             raise ValueError("This backbone is already quantized to int8.")
-        config = keras.quantizers.Int8QuantizationConfig(
-            weight_quantizer=keras.quantizers.AbsMaxQuantizer(axis=0),
-            activation_quantizer=None,
-        )
         if kwargs:
             raise TypeError(f"Unexpected arguments to quantize: {sorted(kwargs)}.")
-        with warnings.catch_warnings():
-            # Keras' quantizer converts through numpy with a copy=False hint
-            # that its tensors warn about; harmless.
-            warnings.filterwarnings("ignore", message="__array__ implementation")
-            for layer in self._flatten_layers():
-                if type(layer) is keras.layers.Dense:
-                    layer.quantize(mode, config=config)
-            self.token_embedding.quantize(mode)
+        for layer in self._flatten_layers():
+            if isinstance(layer, QuantizableDense):
+                layer.quantize(mode)
+        self.token_embedding.quantize(mode)
         self.train_function = self.test_function = self.predict_function = None
 
     @property

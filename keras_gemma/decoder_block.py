@@ -9,6 +9,7 @@ import keras
 from keras import ops
 
 from keras_gemma.attention import GemmaAttention
+from keras_gemma.quantization import QuantizableDense
 from keras_gemma.rms_norm import RMSNorm
 
 
@@ -44,7 +45,7 @@ class GemmaDecoderBlock(keras.layers.Layer):
             return RMSNorm(layer_norm_epsilon, dtype=policy, name=name)
 
         def dense(units, name):
-            return keras.layers.Dense(
+            return QuantizableDense(
                 units,
                 use_bias=False,
                 kernel_initializer=kernel_initializer,

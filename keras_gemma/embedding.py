@@ -1,8 +1,9 @@
 """Token embedding whose matrix also projects hidden states to logits."""
 
 import keras
-import numpy as np
 from keras import ops
+
+from keras_gemma.quantization import dequantize_groups, quantize_groups
 
 
 class TiedEmbedding(keras.layers.Layer):
@@ -11,8 +12,7 @@ class TiedEmbedding(keras.layers.Layer):
     Gemma ties its input and output embeddings, so one matrix of shape
     (vocabulary_size, hidden_dim) serves both directions. After
     ``quantize("int8")`` the matrix is stored as int8 with one float32 scale
-    per row (per vocabulary entry), which is both the lookup's row scale and
-    the logits' output-channel scale.
+    per 32 values of a row (see ``quantization.py``).
     """
 
     def __init__(self, vocabulary_size, hidden_dim, embeddings_initializer=None, **kwargs):
@@ -43,41 +43,38 @@ class TiedEmbedding(keras.layers.Layer):
     def _int8_call(self, inputs, reverse):
         dtype = self.compute_dtype
         if reverse:
-            # Scales are per vocabulary row, i.e. per output channel, so they
-            # apply after the matmul on the integer-valued matrix.
-            logits = ops.matmul(inputs, ops.transpose(ops.cast(self.embeddings_int8, dtype)))
-            return logits * ops.cast(self.embeddings_scale, dtype)
+            matrix = dequantize_groups(self.embeddings_int8, self.embeddings_scale, 1, dtype)
+            return ops.matmul(inputs, ops.transpose(matrix))
         ids = ops.cast(inputs, "int32")
-        rows = ops.cast(ops.take(self.embeddings_int8, ids, axis=0), dtype)
-        return rows * ops.cast(ops.take(self.embeddings_scale, ids, axis=0), dtype)[..., None]
+        return dequantize_groups(
+            ops.take(self.embeddings_int8, ids, axis=0),
+            ops.take(self.embeddings_scale, ids, axis=0),
+            -1,
+            dtype,
+        )
 
     def quantize(self, mode=None, type_check=True, config=None):
-        """Weight-only int8 with per-row absmax scales (Keras' quantize hook)."""
+        """Weight-only int8, one scale per 32 values of a row (see quantization.py)."""
         if mode != "int8":
             raise NotImplementedError(
                 f"TiedEmbedding supports quantize('int8') only, not {mode!r}."
             )
         if self.is_int8:
             return
-        values = np.asarray(ops.convert_to_numpy(self.embeddings), "float32")
-        # As Keras' AbsMaxQuantizer: levels = round(value * 127 / absmax).
-        levels_per_unit = np.float32(127.0) / (np.abs(values).max(axis=1) + np.float32(1e-7))
-        quantized = np.clip(np.round(values * levels_per_unit[:, None]), -127, 127).astype("int8")
-        scale = (1.0 / levels_per_unit).astype("float32")
-        del values
+        levels, scales = quantize_groups(ops.convert_to_numpy(self.embeddings), axis=1)
         del self.embeddings
         self._tracker.unlock()
         self.embeddings_int8 = self.add_weight(
-            name="embeddings_int8", shape=quantized.shape, dtype="int8",
+            name="embeddings_int8", shape=levels.shape, dtype="int8",
             initializer="zeros", trainable=False,
         )
         self.embeddings_scale = self.add_weight(
-            name="embeddings_scale", shape=scale.shape, dtype="float32",
+            name="embeddings_scale", shape=scales.shape, dtype="float32",
             initializer="ones", trainable=False,
         )
         self._tracker.lock()
-        self.embeddings_int8.assign(quantized)
-        self.embeddings_scale.assign(scale)
+        self.embeddings_int8.assign(levels)
+        self.embeddings_scale.assign(scales)
         self.is_int8 = True
 
     def get_config(self):

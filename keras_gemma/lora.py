@@ -109,6 +109,11 @@ def base_weights(backbone):
 def merge_lora(backbone):
     """Folds each adapter into its kernel and removes it; weights unfreeze."""
     _require_lora(backbone, "merge LoRA")
+    if getattr(backbone, "is_quantized", False):
+        raise ValueError(
+            "Cannot merge LoRA into int8 weights. Load the float model, "
+            "load_lora_weights() into it, merge_lora(), then quantize('int8')."
+        )
     for _, _, layer in target_layers(backbone, backbone.lora_config["target"]):
         merged = layer.kernel  # base + (alpha / rank) * A @ B, in the base dtype
         layer._kernel.assign(ops.cast(merged, layer._kernel.dtype))

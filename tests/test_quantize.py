@@ -1,9 +1,9 @@
 """Weight-only int8 (``quantize="int8"``) on tiny models.
 
 The reference is hand-computed: the same float model with every matrix
-rounded in numpy to int8 levels (absmax scale per output channel: per
-column of a Dense kernel, per vocabulary row of the embedding) and
-dequantized again. The int8 model must give those logits; it must also stay
+rounded in numpy to int8 levels (one absmax scale per 32 consecutive values
+along the input axis: down a column of a Dense kernel, along a row of the
+embedding) and dequantized again. The int8 model must give those logits; it must also stay
 close to the unquantized model.
 """
 
@@ -38,10 +38,12 @@ def test_int8_logits_equal_numpy_dequantized_weights(name):
     weights = {v.path: to_numpy(v) for v in float_model.weights}
     rounded = {}
     for path, value in weights.items():
-        if path.endswith("/kernel"):
-            rounded[path] = fake_quantized(value, axis=0)  # per output column
+        if path.endswith("/kernel"):  # (in, out): groups of 32 inputs
+            groups = value.reshape(-1, 32, value.shape[1])
+            rounded[path] = fake_quantized(groups, axis=1).reshape(value.shape)
         elif path == "token_embedding/embeddings":
-            rounded[path] = fake_quantized(value, axis=1)  # per vocabulary row
+            groups = value.reshape(value.shape[0], -1, 32)  # 32 values of a row
+            rounded[path] = fake_quantized(groups, axis=2).reshape(value.shape)
         else:
             rounded[path] = value  # norms stay in float
     reference = keras_gemma.GemmaBackbone(**float_model._config())
@@ -99,3 +101,41 @@ def test_quantize_errors(tiny_preset, tmp_path):
     with pytest.raises(ValueError, match="int8"):
         model.save_to_preset(tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_lora_trains_on_an_int8_model(preprocessor):
+    import keras
+
+    model = keras_gemma.GemmaCausalLM(tiny_backbone(gain=4.0), preprocessor)
+    model.quantize("int8")
+    model.backbone.enable_lora(rank=2)
+    before = logits(model.backbone)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = model.fit(["hello world", "Hi there"], batch_size=2, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert not np.allclose(logits(model.backbone), before)
+    with pytest.raises(ValueError, match="int8"):
+        model.backbone.merge_lora()
+
+
+def test_int8_embedding_has_one_scale_per_32_values():
+    from keras_gemma.embedding import TiedEmbedding
+
+    rng = np.random.default_rng(0)
+    # Groups of very different magnitude: one scale per row would flatten
+    # the small groups to zero.
+    values = rng.normal(size=(10, 96)).astype("float32")
+    values[:, 32:64] *= 1e-3
+    layer = TiedEmbedding(10, 96)
+    layer.build()
+    layer.embeddings.assign(values)
+    layer.quantize("int8")
+    expected = fake_quantized(values.reshape(10, 3, 32), axis=2).reshape(10, 96)
+    ids = np.array([[3, 7, 0]])
+    np.testing.assert_allclose(to_numpy(layer(ids)), expected[ids], rtol=1e-6, atol=1e-9)
+    hidden = rng.normal(size=(1, 2, 96)).astype("float32")
+    np.testing.assert_allclose(
+        to_numpy(layer(hidden, reverse=True)), hidden @ expected.T, rtol=1e-5, atol=1e-5
+    )
+    small = to_numpy(layer(ids))[..., 32:64]
+    assert np.abs(small).max() > 0  # not flattened to zero
