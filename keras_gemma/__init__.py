@@ -34,7 +34,9 @@ def _choose_backend():
     """
     requested = os.environ.get("KERAS_BACKEND")
     if requested is not None:
-        if requested not in SUPPORTED_BACKENDS:
+        # The `keras-gemma` command imports this package before it reads
+        # --backend; it checks the backend itself and says so in one line.
+        if requested not in SUPPORTED_BACKENDS and os.path.basename(sys.argv[0]) != "keras-gemma":
             raise _unsupported(requested, "KERAS_BACKEND")
         return
     if "keras" in sys.modules:

@@ -254,6 +254,11 @@ def main(argv=None):
         os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("KERAS_BACKEND", "jax")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if os.environ["KERAS_BACKEND"] not in BACKENDS:
+        return _fail(
+            f"KERAS_BACKEND={os.environ['KERAS_BACKEND']!r} is not supported; "
+            f"pass --backend {'|'.join(BACKENDS)} or set KERAS_BACKEND to one of them."
+        )
     run = {
         "generate": _generate, "chat": _chat, "convert": _convert,
         "finetune": _finetune, "presets": _presets,

@@ -38,10 +38,10 @@ DATA = TESTS_DIR / "data"
 TIMEOUT = 600
 
 
-def run_cli(*args, stdin=None):
+def run_cli(*args, stdin=None, backend=None):
     """Runs keras-gemma; returns (exit status, stdout, stderr) as text."""
-    environment = dict(os.environ, KERAS_BACKEND=BACKEND, PYTHONIOENCODING="utf-8",
-                       TF_CPP_MIN_LOG_LEVEL="3")
+    environment = dict(os.environ, KERAS_BACKEND=backend or BACKEND,
+                       PYTHONIOENCODING="utf-8", TF_CPP_MIN_LOG_LEVEL="3")
     environment.pop("KERAS_GEMMA_DEBUG", None)
     result = subprocess.run(
         [str(CLI), *args], input=stdin.encode() if stdin is not None else None,
@@ -380,3 +380,8 @@ def test_finetune_on_jsonl_pairs_and_texts(tiny_preset, tmp_path, capsys):
     assert "are cut short" in stderr  # --sequence-length 8 is shorter than the examples
     record = check_finetune_output(out, stdout, 1, tiny_preset)
     assert record["examples"] == 3 and record["chat_template"] is True
+
+
+def test_unsupported_backend_in_the_environment_is_one_line():
+    result = run_cli("generate", "hi", backend="numpy")
+    assert_one_line_error(result, "KERAS_BACKEND='numpy'", "--backend")
