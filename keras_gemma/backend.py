@@ -65,23 +65,69 @@ def compile_inference(model, function, donate_argnums=()):
     return run_without_grad
 
 
-def place_for_variable(variable, value):
-    """``value`` (a numpy array) made ready to assign to ``variable``.
+# Rows copied per step when filling a TensorFlow variable from host memory.
+_ASSIGN_CHUNK_BYTES = 8 * 2**20
 
-    Under a JAX ``keras.distribution``, each device receives only its own
-    shard straight from host memory; a plain ``assign`` would first build
-    the whole tensor on one device and then re-shard it.
+
+def assign_from_host(variable, value):
+    """Copies ``value`` (a numpy array) into ``variable`` without extra copies.
+
+    Loading must not hold more than one spare copy of a tensor (the numpy
+    array the reader made). A plain ``Variable.assign`` holds two or three on
+    TensorFlow and PyTorch (a converted tensor, and on TensorFlow the
+    variable's old buffer), so:
+
+    - JAX: ``assign`` (CPU arrays can alias numpy memory); under a
+      ``keras.distribution`` each device receives only its own shard.
+    - TensorFlow: the rows are written in place, a few MiB at a time.
+    - PyTorch: ``copy_`` from a tensor sharing the numpy array's memory.
     """
-    layout = getattr(variable, "_layout", None)
-    if layout is None or name() != "jax":
-        return value
-    import jax
-    import jax.numpy as jnp
     import numpy as np
 
-    sharding = getattr(layout, "backend_layout", layout)
-    host_value = np.asarray(value).astype(jnp.dtype(variable.dtype), copy=False)
-    return jax.device_put(host_value, sharding)
+    backend = name()
+    if backend == "jax":
+        layout = getattr(variable, "_layout", None)
+        if layout is not None:
+            import jax
+            import jax.numpy as jnp
+
+            sharding = getattr(layout, "backend_layout", layout)
+            host_value = np.asarray(value).astype(jnp.dtype(variable.dtype), copy=False)
+            value = jax.device_put(host_value, sharding)
+        variable.assign(value)
+        return
+    if backend == "torch":
+        import torch
+
+        value = np.asarray(value)
+        if value.dtype.name == "bfloat16":  # ml_dtypes; torch has no numpy bridge
+            source = torch.from_numpy(np.ascontiguousarray(value).view(np.int16))
+            source = source.view(torch.bfloat16)
+        else:
+            source = torch.from_numpy(np.ascontiguousarray(value))
+        with torch.no_grad():
+            variable.value.copy_(source)  # converts dtype and device as it goes
+        return
+
+    import tensorflow as tf
+
+    target = variable.value
+    handle = getattr(target, "handle", None)
+    value = np.asarray(value)
+    if handle is None or value.ndim == 0 or value.nbytes <= _ASSIGN_CHUNK_BYTES:
+        variable.assign(value)
+        return
+    rows = max(1, _ASSIGN_CHUNK_BYTES // (value.nbytes // value.shape[0]))
+    for begin in range(0, value.shape[0], rows):
+        end = min(value.shape[0], begin + rows)
+        chunk = tf.cast(tf.constant(value[begin:end]), target.dtype)
+        tf.raw_ops.ResourceStridedSliceAssign(
+            ref=handle,
+            begin=[begin] + [0] * (value.ndim - 1),
+            end=[end] + list(value.shape[1:]),
+            strides=[1] * value.ndim,
+            value=chunk,
+        )
 
 
 def no_grad():

@@ -11,6 +11,7 @@ from keras_gemma import backend
 from keras_gemma import samplers as samplers_lib
 from keras_gemma.backbone import GemmaBackbone
 from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
+from keras_gemma.quantization import levels_varying_with
 
 # Prompts are prefilled in buckets of this many positions, so prompts of
 # similar length share one compiled program.
@@ -446,10 +447,11 @@ class GemmaCausalLM(keras.Model):
 
             def body(index, token_ids, cache, finished):
                 previous = ops.slice(token_ids, [0, index - 1], [batch_size, 1])
-                hidden, cache = backbone.compute_hidden_states(
-                    previous, cache=cache, cache_update_index=index - 1
-                )
-                logits = backbone.compute_logits(hidden)[:, 0, :]
+                with levels_varying_with(ops.cast(index >= 0, "int8")):
+                    hidden, cache = backbone.compute_hidden_states(
+                        previous, cache=cache, cache_update_index=index - 1
+                    )
+                    logits = backbone.compute_logits(hidden)[:, 0, :]
                 sampled = sampler(logits, ops.take(uniforms, index, axis=0))
                 in_prompt = ops.take(padding_mask, index, axis=1)
                 given = ops.take(token_ids, index, axis=1)

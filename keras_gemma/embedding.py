@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_gemma.quantization import dequantize_groups, quantize_groups
+from keras_gemma.quantization import dequantize_groups, quantize_groups, levels_in_context
 
 
 class TiedEmbedding(keras.layers.Layer):
@@ -43,7 +43,8 @@ class TiedEmbedding(keras.layers.Layer):
     def _int8_call(self, inputs, reverse):
         dtype = self.compute_dtype
         if reverse:
-            matrix = dequantize_groups(self.embeddings_int8, self.embeddings_scale, 1, dtype)
+            levels = levels_in_context(self.embeddings_int8)
+            matrix = dequantize_groups(levels, self.embeddings_scale, 1, dtype)
             return ops.matmul(inputs, ops.transpose(matrix))
         ids = ops.cast(inputs, "int32")
         return dequantize_groups(

@@ -35,7 +35,7 @@ def assign_weights(backbone, weights, source):
                 f"{tuple(variable.shape)}. Check that the config and the "
                 "weights come from the same model."
             )
-        variable.assign(backend.place_for_variable(variable, value))
+        backend.assign_from_host(variable, value)
         assigned.add(path)
     missing = sorted(set(variables) - assigned)
     if missing:

@@ -290,6 +290,8 @@ def _lora_dims(layer):
     """(in, out) of a Dense layer's kernel, as Keras' enable_lora sees it."""
     kernel = layer._kernel if hasattr(layer, "_kernel") else layer.kernel
     in_dim, out_dim = kernel.shape[0], kernel.shape[-1]
+    if getattr(layer, "is_int8", False):  # our int8 levels are (out, in)
+        in_dim, out_dim = out_dim, in_dim
     if getattr(layer, "quantization_mode", None) == "int4" and hasattr(
         layer, "_orig_input_dim"
     ):
