@@ -485,8 +485,9 @@ class GemmaCausalLM(keras.Model):
 
         ``dtype``: the weights' and computation's dtype policy (``"float32"``,
         ``"bfloat16"``, ``"mixed_bfloat16"``); default: the checkpoint's.
-        ``quantize="int8"``: weight-only int8 after loading (see
-        ``quantize``).
+        ``quantize="int8"``: weight-only int8 (see ``quantize``), each
+        tensor quantized as it is read, so the float model is never whole
+        in memory.
         """
         from keras_gemma import preset_io
 
@@ -494,12 +495,9 @@ class GemmaCausalLM(keras.Model):
             raise ValueError(
                 f"`quantize` must be None or 'int8', got {quantize!r}."
             )
-        model = preset_io.load_causal_lm(
-            preset, load_weights=load_weights, dtype=dtype, **kwargs
+        return preset_io.load_causal_lm(
+            preset, load_weights=load_weights, dtype=dtype, quantize=quantize, **kwargs
         )
-        if quantize is not None:
-            model.quantize(quantize)
-        return model
 
     def save_to_preset(self, preset_dir):
         """Writes backbone, tokenizer and preprocessor config atomically."""

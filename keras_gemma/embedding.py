@@ -3,7 +3,9 @@
 import keras
 from keras import ops
 
-from keras_gemma.quantization import dequantize_groups, quantize_groups, levels_in_context
+from keras_gemma import backend
+from keras_gemma import quantization
+from keras_gemma.quantization import dequantize_groups, levels_in_context
 
 
 class TiedEmbedding(keras.layers.Layer):
@@ -25,11 +27,14 @@ class TiedEmbedding(keras.layers.Layer):
         self.is_int8 = False
 
     def build(self, input_shape=None):
-        self.embeddings = self.add_weight(
-            name="embeddings",
-            shape=(self.vocabulary_size, self.hidden_dim),
-            initializer=self.embeddings_initializer,
-        )
+        if quantization.building_int8():
+            self._add_int8_variables()
+        else:
+            self.embeddings = self.add_weight(
+                name="embeddings",
+                shape=(self.vocabulary_size, self.hidden_dim),
+                initializer=self.embeddings_initializer,
+            )
         self.built = True
 
     def call(self, inputs, reverse=False):
@@ -62,21 +67,41 @@ class TiedEmbedding(keras.layers.Layer):
             )
         if self.is_int8:
             return
-        levels, scales = quantize_groups(ops.convert_to_numpy(self.embeddings), axis=1)
+        embeddings = ops.convert_to_numpy(self.embeddings)
         del self.embeddings
         self._tracker.unlock()
+        self._add_int8_variables()
+        self._tracker.lock()
+        self.assign_float_weight(embeddings)
+
+    def _add_int8_variables(self):
+        shape = (self.vocabulary_size, self.hidden_dim)
         self.embeddings_int8 = self.add_weight(
-            name="embeddings_int8", shape=levels.shape, dtype="int8",
+            name="embeddings_int8", shape=shape, dtype="int8",
             initializer="zeros", trainable=False,
         )
         self.embeddings_scale = self.add_weight(
-            name="embeddings_scale", shape=scales.shape, dtype="float32",
-            initializer="ones", trainable=False,
+            name="embeddings_scale",
+            shape=(self.vocabulary_size, self.hidden_dim // quantization.group_size(self.hidden_dim)),
+            dtype="float32", initializer="ones", trainable=False,
         )
-        self._tracker.lock()
-        self.embeddings_int8.assign(levels)
-        self.embeddings_scale.assign(scales)
         self.is_int8 = True
+
+    @property
+    def int8_variables(self):
+        return (self.embeddings_int8, self.embeddings_scale)
+
+    @property
+    def float_weight(self):
+        """(checkpoint path, float shape) of the matrix the int8 variables hold."""
+        path = self.embeddings_int8.path.removesuffix("_int8")
+        return path, (self.vocabulary_size, self.hidden_dim)
+
+    def assign_float_weight(self, embeddings):
+        """Quantizes a float (vocabulary, hidden) numpy matrix into the int8 variables."""
+        levels, scales = quantization.quantize_groups(embeddings, axis=1)
+        backend.assign_from_host(self.embeddings_int8, levels)
+        backend.assign_from_host(self.embeddings_scale, scales)
 
     def get_config(self):
         return {

@@ -13,6 +13,7 @@ A ``preset`` argument may be:
 Nothing is ever downloaded implicitly.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -242,7 +243,9 @@ class _Checkpoint:
 
     def weights(self, backbone):
         """Yields (path, array) in our layout, one tensor at a time."""
-        shapes = {v.path: tuple(v.shape) for v in backbone.weights}
+        from keras_gemma.checkpoints import checkpoint_shapes
+
+        shapes = checkpoint_shapes(backbone)
         if self.source.kind == "keras":
             family = "gemma3" if self.config.get("use_query_key_norm") else "gemma"
             yield from keras_hub_format.read_weights(self.source.path, shapes, family)
@@ -287,18 +290,24 @@ class _Checkpoint:
         return DEFAULT_SEQUENCE_LENGTH
 
 
-def _build_backbone(checkpoint, load_weights, dtype):
+def _build_backbone(checkpoint, load_weights, dtype, quantize=None):
     from keras_gemma.backbone import GemmaBackbone
     from keras_gemma.backbone import skip_weight_initialization
     from keras_gemma.checkpoints import assign_weights
+    from keras_gemma.quantization import build_int8
 
     if dtype is None:
         dtype = checkpoint.stored_dtype
     if load_weights:
-        with skip_weight_initialization():
+        # With quantize="int8", layers start as int8 and each float tensor
+        # is quantized as it arrives: the float model is never whole.
+        int8 = build_int8() if quantize == "int8" else contextlib.nullcontext()
+        with skip_weight_initialization(), int8:
             backbone = GemmaBackbone(**checkpoint.config, dtype=dtype)
     else:
         backbone = GemmaBackbone(**checkpoint.config, dtype=dtype)
+        if quantize == "int8":
+            backbone.quantize("int8")
     if load_weights:
         assign_weights(
             backbone,
@@ -340,12 +349,12 @@ def load_preprocessor(preset, sequence_length=None, **kwargs):
     )
 
 
-def load_causal_lm(preset, load_weights=True, dtype=None, sequence_length=None):
+def load_causal_lm(preset, load_weights=True, dtype=None, sequence_length=None, quantize=None):
     from keras_gemma.causal_lm import GemmaCausalLM
     from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
 
     checkpoint = _Checkpoint(preset, need_weights=load_weights, need_files=True)
-    backbone = _build_backbone(checkpoint, load_weights, dtype)
+    backbone = _build_backbone(checkpoint, load_weights, dtype, quantize)
     preprocessor = GemmaCausalLMPreprocessor(
         checkpoint.tokenizer(),
         sequence_length=sequence_length or checkpoint.sequence_length(),

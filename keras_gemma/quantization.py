@@ -22,6 +22,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_gemma import backend
+
 GROUP_SIZE = 32
 
 # See `levels_varying_with`.
@@ -45,6 +47,28 @@ def levels_varying_with(factor):
         _LEVEL_FACTOR.reset(token)
 
 
+_BUILD_INT8 = contextvars.ContextVar("build_int8", default=False)
+
+
+@contextlib.contextmanager
+def build_int8():
+    """Layers built in this context get int8 variables straight away.
+
+    Loading with ``quantize="int8"`` uses it: each float tensor read from a
+    checkpoint is quantized as it is assigned (``assign_float_weight``), so
+    the float model never exists in memory as a whole.
+    """
+    token = _BUILD_INT8.set(True)
+    try:
+        yield
+    finally:
+        _BUILD_INT8.reset(token)
+
+
+def building_int8():
+    return _BUILD_INT8.get()
+
+
 def levels_in_context(levels):
     factor = _LEVEL_FACTOR.get()
     return levels if factor is None else levels * ops.cast(factor, levels.dtype)
@@ -59,8 +83,31 @@ def quantize_groups(values, axis):
     """numpy ``values`` -> (int8 levels of the same shape, float32 scales).
 
     Groups run along ``axis``; the scales have that axis divided by the
-    group size.
+    group size. A matrix is done a block of rows or columns at a time, so
+    the float temporaries stay small next to a 262144-row embedding.
     """
+    values = np.asarray(values)
+    shape = values.shape
+    groups = shape[axis] // group_size(shape[axis])
+    levels = np.empty(shape, "int8")
+    scales = np.empty((*shape[:axis], groups, *shape[axis + 1 :]), "float32")
+    if values.ndim != 2:
+        levels[...], scales[...] = _quantize_block(values, axis)
+        return levels, scales
+    other = 1 - axis
+    step = max(1, _QUANTIZE_BLOCK_ELEMENTS // shape[axis])
+    for begin in range(0, shape[other], step):
+        block = [slice(None)] * 2
+        block[other] = slice(begin, begin + step)
+        block = tuple(block)
+        levels[block], scales[block] = _quantize_block(values[block], axis)
+    return levels, scales
+
+
+_QUANTIZE_BLOCK_ELEMENTS = 1 << 21
+
+
+def _quantize_block(values, axis):
     values = np.moveaxis(np.asarray(values, "float32"), axis, -1)
     shape = values.shape
     grouped = values.reshape(*shape[:-1], -1, group_size(shape[-1]))
@@ -102,6 +149,14 @@ class QuantizableDense(keras.layers.Dense):
 
     is_int8 = False
 
+    def build(self, input_shape):
+        if not building_int8() or self.use_bias:
+            return super().build(input_shape)
+        self._add_int8_variables(input_shape[-1])
+        self.bias = None
+        self.input_spec = keras.InputSpec(min_ndim=2, axes={-1: input_shape[-1]})
+        self.built = True
+
     def quantize(self, mode=None, type_check=True, config=None):
         if mode != "int8":
             raise NotImplementedError(
@@ -109,19 +164,39 @@ class QuantizableDense(keras.layers.Dense):
             )
         if self.is_int8:
             return
-        levels, scales = quantize_groups(ops.convert_to_numpy(self._kernel).T, axis=1)
+        kernel = ops.convert_to_numpy(self._kernel)
         del self._kernel
+        self._add_int8_variables(kernel.shape[0])
+        self.assign_float_weight(kernel)
+
+    def _add_int8_variables(self, input_dim):
         self._kernel = self.add_weight(
-            name="kernel", shape=levels.shape, dtype="int8",
+            name="kernel", shape=(self.units, input_dim), dtype="int8",
             initializer="zeros", trainable=False,
         )
         self.kernel_scale = self.add_weight(
-            name="kernel_scale", shape=scales.shape, dtype="float32",
-            initializer="ones", trainable=False,
+            name="kernel_scale",
+            shape=(self.units, input_dim // group_size(input_dim)),
+            dtype="float32", initializer="ones", trainable=False,
         )
-        self._kernel.assign(levels)
-        self.kernel_scale.assign(scales)
         self.is_int8 = True
+
+    # -- loading a float checkpoint into the int8 variables -------------------
+
+    @property
+    def int8_variables(self):
+        return (self._kernel, self.kernel_scale)
+
+    @property
+    def float_weight(self):
+        """(checkpoint path, float shape) of the kernel these int8 variables hold."""
+        return self._kernel.path, (self._kernel.shape[1], self._kernel.shape[0])
+
+    def assign_float_weight(self, kernel):
+        """Quantizes a float (in, out) numpy kernel into the int8 variables."""
+        levels, scales = quantize_groups(np.asarray(kernel).T, axis=1)
+        backend.assign_from_host(self._kernel, levels)
+        backend.assign_from_host(self.kernel_scale, scales)
 
     def _dequantized_transposed_kernel(self):
         levels = levels_in_context(self._kernel)

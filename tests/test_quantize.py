@@ -32,12 +32,11 @@ def logits(backbone):
     return to_numpy(backbone.compute_logits(hidden))
 
 
-@pytest.mark.parametrize("name", ["gemma_mqa", "gemma3"])
-def test_int8_logits_equal_numpy_dequantized_weights(name):
-    float_model = tiny_backbone(name, gain=4.0)
-    weights = {v.path: to_numpy(v) for v in float_model.weights}
+def rounded_reference(float_model):
+    """A float backbone holding ``float_model``'s weights rounded as int8 would."""
     rounded = {}
-    for path, value in weights.items():
+    for variable in float_model.weights:
+        path, value = variable.path, to_numpy(variable)
         if path.endswith("/kernel"):  # (in, out): groups of 32 inputs
             groups = value.reshape(-1, 32, value.shape[1])
             rounded[path] = fake_quantized(groups, axis=1).reshape(value.shape)
@@ -48,6 +47,13 @@ def test_int8_logits_equal_numpy_dequantized_weights(name):
             rounded[path] = value  # norms stay in float
     reference = keras_gemma.GemmaBackbone(**float_model._config())
     assign_weights(reference, rounded, "numpy int8 reference")
+    return reference
+
+
+@pytest.mark.parametrize("name", ["gemma_mqa", "gemma3"])
+def test_int8_logits_equal_numpy_dequantized_weights(name):
+    float_model = tiny_backbone(name, gain=4.0)
+    reference = rounded_reference(float_model)
 
     float_model.quantize("int8")
     assert float_model.is_quantized
@@ -84,9 +90,23 @@ def tiny_preset(tmp_path_factory, tokenizer):
     return directory
 
 
-def test_from_preset_quantize(tiny_preset):
+def test_from_preset_quantize_loads_int8_directly(tiny_preset, preprocessor):
+    # Each float tensor is quantized as it is read: the model never has a
+    # float copy of the quantized matrices, and ends as the hand-rounded one.
     model = keras_gemma.GemmaCausalLM.from_preset(tiny_preset, quantize="int8")
     assert model.backbone.is_quantized
+    dtypes = {v.path: str(v.dtype) for v in model.backbone.weights}
+    assert "token_embedding/embeddings" not in dtypes
+    assert {dtypes[p] for p in dtypes if p.endswith("/kernel")} == {"int8"}
+    float_model = keras_gemma.GemmaBackbone.from_preset(tiny_preset)
+    reference = rounded_reference(float_model)
+    np.testing.assert_allclose(logits(model.backbone), logits(reference), atol=2e-4, rtol=1e-4)
+    # Generation (a compiled loop on JAX and TensorFlow) gives the reference's tokens.
+    reference_lm = keras_gemma.GemmaCausalLM(reference, preprocessor)
+    prompts = {"token_ids": IDS[:, :6], "padding_mask": MASK[:, :6]}
+    expected = reference_lm.generate(prompts, max_length=12, stop_token_ids=None)
+    got = model.generate(prompts, max_length=12, stop_token_ids=None)
+    np.testing.assert_array_equal(got["token_ids"], expected["token_ids"])
     text = model.generate("hello", max_length=8)
     assert isinstance(text, str) and text.startswith("hello")
 

@@ -9,6 +9,28 @@ place that copies them into a model.
 from keras_gemma import backend
 
 
+def checkpoint_shapes(backbone):
+    """{path: shape} of the float tensors a checkpoint holds for ``backbone``.
+
+    The backbone's own variables, except that a layer built as int8 (see
+    ``quantization.build_int8``) stands for the float matrix it quantizes.
+    """
+    shapes = {}
+    int8 = set()
+    for layer in _int8_layers(backbone):
+        path, shape = layer.float_weight
+        shapes[path] = tuple(shape)
+        int8.update(v.path for v in layer.int8_variables)
+    for variable in backbone.weights:
+        if variable.path not in int8:
+            shapes[variable.path] = tuple(variable.shape)
+    return shapes
+
+
+def _int8_layers(backbone):
+    return [layer for layer in backbone._flatten_layers() if getattr(layer, "is_int8", False)]
+
+
 def assign_weights(backbone, weights, source):
     """Copies weights into ``backbone``'s variables, one tensor at a time.
 
@@ -18,9 +40,18 @@ def assign_weights(backbone, weights, source):
     shape; ``source`` names the file in error messages.
     """
     variables = {v.path: v for v in backbone.weights}
+    # Layers built as int8 (loading with quantize="int8") take the float
+    # tensor and quantize it on the way in.
+    int8_layers = {layer.float_weight[0]: layer for layer in _int8_layers(backbone)}
     pairs = weights.items() if isinstance(weights, dict) else weights
     assigned = set()
     for path, value in pairs:
+        layer = int8_layers.get(path)
+        if layer is not None:
+            _check_shape(path, value.shape, layer.float_weight[1], source)
+            layer.assign_float_weight(value)
+            assigned.update(v.path for v in layer.int8_variables)
+            continue
         variable = variables.get(path)
         if variable is None:
             raise ValueError(
@@ -28,13 +59,7 @@ def assign_weights(backbone, weights, source):
                 "does not have. Check that the config and the weights come "
                 "from the same model."
             )
-        if tuple(value.shape) != tuple(variable.shape):
-            raise ValueError(
-                f"{source}: weight of layer '{path}' has shape "
-                f"{tuple(value.shape)}, but the model expects "
-                f"{tuple(variable.shape)}. Check that the config and the "
-                "weights come from the same model."
-            )
+        _check_shape(path, value.shape, variable.shape, source)
         backend.assign_from_host(variable, value)
         assigned.add(path)
     missing = sorted(set(variables) - assigned)
@@ -43,4 +68,13 @@ def assign_weights(backbone, weights, source):
             f"{source}: the checkpoint lacks weights for "
             f"{missing[:8]}{' ...' if len(missing) > 8 else ''}. Check that the "
             "config and the weights come from the same model."
+        )
+
+
+def _check_shape(path, shape, expected, source):
+    if tuple(shape) != tuple(expected):
+        raise ValueError(
+            f"{source}: weight of layer '{path}' has shape {tuple(shape)}, "
+            f"but the model expects {tuple(expected)}. Check that the config "
+            "and the weights come from the same model."
         )
