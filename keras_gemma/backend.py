@@ -69,6 +69,11 @@ def compile_inference(model, function, donate_argnums=()):
 _ASSIGN_CHUNK_BYTES = 8 * 2**20
 
 
+def compiles_loops():
+    """Whether ``compile_inference`` compiles (JAX, TensorFlow) or runs eagerly."""
+    return name() != "torch"
+
+
 def assign_from_host(variable, value):
     """Copies ``value`` (a numpy array) into ``variable`` without extra copies.
 

@@ -447,7 +447,10 @@ class GemmaCausalLM(keras.Model):
 
             def body(index, token_ids, cache, finished):
                 previous = ops.slice(token_ids, [0, index - 1], [batch_size, 1])
-                with levels_varying_with(ops.cast(index >= 0, "int8")):
+                # Compiled, int8 weights must be dequantized inside the loop
+                # (see levels_varying_with); eager PyTorch has no such issue.
+                varying = ops.cast(index >= 0, "int8") if backend.compiles_loops() else None
+                with levels_varying_with(varying):
                     hidden, cache = backbone.compute_hidden_states(
                         previous, cache=cache, cache_update_index=index - 1
                     )
