@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import keras
@@ -246,8 +247,12 @@ def test_chat_ctrl_c_at_the_prompt_exits_cleanly(tiny_preset):
                 break
         else:
             pytest.fail("chat exited early: " + "".join(seen))
+        # Let it reach the read of the first message; stdin stays open, so
+        # only the interrupt can end it (closing stdin would race Ctrl-D).
+        time.sleep(0.5)
         process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
+        process.wait(timeout=60)
+        stdout, stderr = process.stdout.read(), process.stderr.read()
     finally:
         watchdog.cancel()
         if process.poll() is None:
