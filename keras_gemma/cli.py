@@ -27,7 +27,9 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -250,6 +252,7 @@ def _parser():
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    _take_ctrl_c()
     if getattr(args, "backend", None):
         os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -292,6 +295,20 @@ def _describe(error):
 def _fail(message):
     print(f"keras-gemma: error: {message}", file=sys.stderr, flush=True)
     return 1
+
+
+def _take_ctrl_c():
+    """Makes Ctrl-C raise KeyboardInterrupt in the main thread, as documented.
+
+    A parent may hand us SIGINT ignored (shells do for background jobs) or
+    blocked (a blocked signal survives exec); then Ctrl-C at the chat
+    prompt would do nothing. This runs before the backends start their
+    threads, which inherit the unblocked mask.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # main() called from a thread: leave signals to the caller
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _notice(message):
