@@ -35,11 +35,20 @@ from keras_gemma import backend
 
 GROUP_SIZE = 32
 
-# See `levels_varying_with`.
+# See `levels_varying_with` and `build_int8`.
 _LEVEL_FACTOR = contextvars.ContextVar("int8_level_factor", default=None)
+_BUILD_INT8 = contextvars.ContextVar("build_int8", default=False)
 
 
 @contextlib.contextmanager
+def _setting(variable, value):
+    token = variable.set(value)
+    try:
+        yield
+    finally:
+        variable.reset(token)
+
+
 def levels_varying_with(factor):
     """Int8 layers traced in this context multiply their levels by ``factor``.
 
@@ -49,17 +58,9 @@ def levels_varying_with(factor):
     then reads a float32 copy of every weight, which is as slow as float32
     and holds that copy in memory for the whole generation.
     """
-    token = _LEVEL_FACTOR.set(factor)
-    try:
-        yield
-    finally:
-        _LEVEL_FACTOR.reset(token)
+    return _setting(_LEVEL_FACTOR, factor)
 
 
-_BUILD_INT8 = contextvars.ContextVar("build_int8", default=False)
-
-
-@contextlib.contextmanager
 def build_int8():
     """Layers built in this context get int8 variables straight away.
 
@@ -67,11 +68,7 @@ def build_int8():
     checkpoint is quantized as it is assigned (``assign_float_weight``), so
     the float model never exists in memory as a whole.
     """
-    token = _BUILD_INT8.set(True)
-    try:
-        yield
-    finally:
-        _BUILD_INT8.reset(token)
+    return _setting(_BUILD_INT8, True)
 
 
 def building_int8():
