@@ -137,7 +137,7 @@ def _parser():
         "Continue a prompt with a Gemma model. The new text streams to stdout "
         "as it is sampled (the prompt is not repeated unless --echo); a "
         "summary line (tokens, tokens/s) goes to stderr. Generation stops at "
-        "<eos> or <end_of_turn>, or after --max-new-tokens.",
+        "<eos> or <end_of_turn> (Gemma 4: <turn|>), or after --max-new-tokens.",
         "examples:\n"
         '  keras-gemma generate "The capital of France is" --max-new-tokens 30\n'
         '  keras-gemma generate "Once upon a time" --sampler top_k --temperature 0.8 '
@@ -153,7 +153,8 @@ def _parser():
 
     chat = command(
         "chat", "talk with an instruction-tuned model",
-        "An interactive conversation in Gemma's chat format. Type a message "
+        "An interactive conversation in Gemma's chat format (Gemma 4's "
+        "<|turn> format for a Gemma 4 model, with thinking off). Type a message "
         "and press Enter; the reply streams back. Ctrl-D (or /exit) quits; "
         "Ctrl-C during a reply stops that reply (it is left out of the "
         "conversation) and Ctrl-C at the prompt quits; /reset starts a new "
@@ -164,6 +165,7 @@ def _parser():
         "after each message.",
         "examples:\n"
         "  keras-gemma chat --preset gemma3_instruct_270m\n"
+        "  keras-gemma chat --preset ~/models/gemma-4-E2B-it   (a Gemma 4 folder)\n"
         '  keras-gemma chat --preset gemma3_instruct_1b --system "Answer in French." '
         "--sampler top_p --temperature 0.7\n"
         "  printf 'Hi!\\nTell me a joke.\\n' | keras-gemma chat --preset "
@@ -172,8 +174,8 @@ def _parser():
     _add_model_arguments(chat)
     _add_sampling_arguments(chat, max_new_tokens=256)
     chat.add_argument("--system", metavar="TEXT",
-                      help="instructions for the model; Gemma has no system role, so "
-                      "they open the first user turn")
+                      help="instructions for the model; Gemma 1-3 have no system role, "
+                      "so they open the first user turn (Gemma 4: a system turn)")
     chat.add_argument("--context-length", type=_positive_int, default=None,
                       help="most tokens the conversation (with the reply) may take "
                       "(default: the preset's sequence length, 1024 for most)")
@@ -460,6 +462,7 @@ def _chat(args):
     its message are left out of the conversation, and the prompt comes back.
     Ctrl-C at the prompt, like Ctrl-D, ends the chat (status 130 and 0).
     """
+    from keras_gemma.chat import chat_format
     from keras_gemma.chat import chat_template
     from keras_gemma.chat import fit_conversation
 
@@ -478,6 +481,7 @@ def _chat(args):
                 + (f"--preset {instruct}" if instruct in known
                    else "an instruct preset (see `keras-gemma presets`)"))
     count_tokens = _token_counter(model.preprocessor.tokenizer)
+    chat_options = chat_format(model.preprocessor.tokenizer, args.preset)
     context = args.context_length or model.preprocessor.sequence_length
     if args.max_new_tokens >= context:
         raise CliError(
@@ -517,7 +521,8 @@ def _chat(args):
             continue
         user = {"role": "user", "content": message}
         kept, dropped, tokens = fit_conversation(
-            system + history + [user], count_tokens, context - args.max_new_tokens
+            system + history + [user], count_tokens, context - args.max_new_tokens,
+            **chat_options,
         )
         room = min(args.max_new_tokens, context - tokens)
         if room < 1:
@@ -536,7 +541,8 @@ def _chat(args):
         turn += 1
         reply = []
         try:
-            for piece in model.stream(chat_template(kept), max_length=tokens + room,
+            for piece in model.stream(chat_template(kept, **chat_options),
+                                      max_length=tokens + room,
                                       seed=seed):
                 reply.append(piece)
                 _write(piece)

@@ -7,7 +7,7 @@ A ``preset`` argument may be:
 - a directory in keras-hub's layout (``config.json``, ``model.weights.h5``,
   ``assets/tokenizer/vocabulary.spm``), e.g. a Kaggle "Keras" download;
 - a Hugging Face folder (``config.json`` + ``*.safetensors`` +
-  ``tokenizer.model``) or a ``.gguf`` file;
+  ``tokenizer.model``, or Gemma 4's ``tokenizer.json``) or a ``.gguf`` file;
 - a ``kaggle://`` or ``hf://`` handle, which needs the hub's client library
   and a network connection.
 Nothing is ever downloaded implicitly.
@@ -269,17 +269,27 @@ class _Checkpoint:
                 "The tokenizer needs the preset's files; see resolve()."
             )
         if self.source.kind == "gguf":
-            return GemmaTokenizer(self._gguf.tokenizer_proto)
+            return self._checked(GemmaTokenizer(self._gguf.tokenizer_proto))
         if self.source.kind == "keras":
             path = self.source.path / "assets" / "tokenizer" / "vocabulary.spm"
         else:
             path = self.source.path / "tokenizer.model"
+            # Gemma 4 ships only tokenizer.json.
+            if not path.is_file() and (self.source.path / "tokenizer.json").is_file():
+                from keras_gemma.checkpoints.tokenizer_json import tokenizer_from_tokenizer_json
+
+                return self._checked(tokenizer_from_tokenizer_json(self.source.path))
         if not path.is_file():
             raise FileNotFoundError(
                 f"{self.source.path}: the tokenizer file {path.name} is missing "
                 f"(expected at {path})."
             )
-        return GemmaTokenizer(str(path))
+        return self._checked(GemmaTokenizer(str(path)))
+
+    def _checked(self, tokenizer):
+        """``tokenizer``, if its ids fit the model's embedding table."""
+        check_vocabulary_size(tokenizer, self.config.get("vocabulary_size"), self.source.path)
+        return tokenizer
 
     def sequence_length(self):
         if self.source is not None and self.source.kind == "keras":
@@ -288,6 +298,25 @@ class _Checkpoint:
                 config = json.loads(path.read_text()).get("config", {})
                 return config.get("sequence_length") or DEFAULT_SEQUENCE_LENGTH
         return DEFAULT_SEQUENCE_LENGTH
+
+
+# Embedding tables may have a few rows more than the tokenizer has pieces
+# (Gemma 3's multimodal checkpoints: 262,208 rows for 262,144 pieces).
+_MAX_EMBEDDING_PADDING = 256
+
+
+def check_vocabulary_size(tokenizer, vocabulary_size, source):
+    """Raises if ``tokenizer`` does not belong to a model of ``vocabulary_size``."""
+    if vocabulary_size is None:
+        return
+    pieces = tokenizer.vocabulary_size()
+    if pieces > vocabulary_size or pieces < vocabulary_size - _MAX_EMBEDDING_PADDING:
+        raise ValueError(
+            f"{source}: the tokenizer has {pieces:,} tokens but the model's "
+            f"config has vocabulary_size {vocabulary_size:,}; they come from "
+            "different models. Use the tokenizer file that ships with these "
+            "weights."
+        )
 
 
 def _build_backbone(checkpoint, load_weights, dtype, quantize=None):

@@ -20,6 +20,9 @@ _SPECIAL_PIECES = {
     "start_of_turn": "<start_of_turn>",
     "end_of_turn": "<end_of_turn>",
 }
+# Gemma 4 renamed the turn markers (and ships them as user-defined pieces, so
+# SentencePiece itself matches them in text).
+_GEMMA4_PIECES = {"start_of_turn": "<|turn>", "end_of_turn": "<turn|>"}
 _REQUIRED_SPECIALS = ("pad", "bos", "eos")
 # Markers that chat prompts spell out in plain text.
 _TURN_MARKERS = ("start_of_turn", "end_of_turn")
@@ -68,7 +71,12 @@ class GemmaTokenizer:
         # Piece -> id for the special tokens this vocabulary has.
         self.special_tokens = {}
         for name, piece in _SPECIAL_PIECES.items():
-            token_id = self._find_piece(piece)
+            # Gemma 4's spelling first: its vocabulary may also hold the old
+            # spelling as ordinary text.
+            for piece in (_GEMMA4_PIECES.get(name), piece):
+                token_id = None if piece is None else self._find_piece(piece)
+                if token_id is not None:
+                    break
             setattr(self, f"{name}_token", piece)
             setattr(self, f"{name}_token_id", token_id)
             if token_id is not None:
@@ -89,7 +97,7 @@ class GemmaTokenizer:
         # formats (GGUF, Hugging Face) may mark them CONTROL, which
         # SentencePiece never matches, so those are split out by hand.
         self._control_markers = [
-            _SPECIAL_PIECES[name]
+            getattr(self, f"{name}_token")
             for name in _TURN_MARKERS
             if getattr(self, f"{name}_token_id") is not None
             and self._processor.is_control(getattr(self, f"{name}_token_id"))

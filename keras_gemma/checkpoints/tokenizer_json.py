@@ -1,0 +1,295 @@
+"""Hugging Face ``tokenizer.json`` -> a SentencePiece model for ``GemmaTokenizer``.
+
+Gemma 4 checkpoints ship no ``tokenizer.model``: only ``tokenizer.json`` (the
+``tokenizers`` library's serialization) and ``tokenizer_config.json``. Their
+tokenizer is the one Gemma has always had, written in ``tokenizers``' terms
+(``transformers``' ``GemmaTokenizer`` builds exactly this pipeline):
+
+```
+normalizer     Replace(" " -> "▁")
+pre_tokenizer  Split(" ", merged_with_previous)  (a no-op once spaces are "▁";
+               some files have none)
+model          BPE over characters, ranked merges, byte_fallback, <unk>
+decoder        Replace("▁" -> " "), ByteFallback, Fuse
+added_tokens   <pad> <eos> <bos> <unk> <mask>, the turn markers <|turn> <turn|>,
+               tool, thinking-channel, image and audio markers: matched whole
+```
+
+SentencePiece's BPE model runs the same algorithm: it splits the text into
+characters (user-defined pieces whole), repeatedly merges the adjacent pair
+whose union has the best score (the leftmost one on ties), and spells what is
+left out of the vocabulary as ``<0xXX>`` byte pieces. So the rebuilt model gives
+each piece the score ``-rank`` of the first merge that produces it; the added
+tokens become USER_DEFINED pieces (matched whole in text, decoded as text),
+except ``<bos>``/``<eos>``/``<pad>`` (CONTROL, as in Gemma 1-3: the text
+"<bos>" stays text) and ``<unk>`` (UNKNOWN). Only this file format is read;
+anything else (a byte-level or WordPiece model, another normalizer) is
+rejected by name rather than tokenized differently.
+
+Example:
+
+```python
+from keras_gemma.checkpoints.tokenizer_json import tokenizer_from_tokenizer_json
+tokenizer = tokenizer_from_tokenizer_json("gemma-4-E2B-it/")   # or .../tokenizer.json
+tokenizer.tokenize("<|turn>user\\nHi<turn|>")
+```
+"""
+
+import json
+import os
+import re
+
+from keras_gemma.checkpoints import sentencepiece_proto as spm
+
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG_JSON = "tokenizer_config.json"
+
+_SPACE = "\u2581"
+_BYTE_PIECE = re.compile(r"^<0x[0-9A-F]{2}>$")
+# Role -> default piece, used when there is no tokenizer_config.json naming them.
+_DEFAULT_SPECIALS = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>"}
+
+
+def find_tokenizer_json(path_or_folder):
+    """The ``tokenizer.json`` path for a file or a checkpoint folder."""
+    path = os.fspath(path_or_folder)
+    if os.path.isdir(path):
+        path = os.path.join(path, TOKENIZER_JSON)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Tokenizer file not found: {path}")
+    return path
+
+
+def tokenizer_from_tokenizer_json(path_or_folder):
+    """A ``GemmaTokenizer`` from a Hugging Face ``tokenizer.json`` (or its folder).
+
+    A ``tokenizer_config.json`` beside it, if any, names the ``<bos>``,
+    ``<eos>``, ``<pad>`` and ``<unk>`` tokens; without one Gemma's names are
+    used.
+    """
+    from keras_gemma.tokenizer import GemmaTokenizer
+
+    return GemmaTokenizer(tokenizer_proto_from_json_file(path_or_folder))
+
+
+def tokenizer_proto_from_json_file(path_or_folder):
+    """Serialized SentencePiece ``ModelProto`` bytes for a ``tokenizer.json``."""
+    path = find_tokenizer_json(path_or_folder)
+    tokenizer = _read_json(path)
+    config_path = os.path.join(os.path.dirname(path), TOKENIZER_CONFIG_JSON)
+    config = _read_json(config_path) if os.path.isfile(config_path) else {}
+    return tokenizer_proto(tokenizer, config, source=path)
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error}).") from None
+
+
+def tokenizer_proto(tokenizer, config=None, source=TOKENIZER_JSON):
+    """The ``ModelProto`` bytes for a parsed ``tokenizer.json`` (a dict).
+
+    ``config`` is the parsed ``tokenizer_config.json`` (or ``{}``).
+    """
+    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("model"), dict):
+        raise ValueError(f"{source}: no 'model' section; not a tokenizers tokenizer.json.")
+    model = tokenizer["model"]
+    _check_model(model, source)
+    _check_normalizer(tokenizer.get("normalizer"), source)
+    _check_pre_tokenizer(tokenizer.get("pre_tokenizer"), source)
+    _check_decoder(tokenizer.get("decoder"), source)
+
+    pieces = _pieces_by_id(model["vocab"], tokenizer.get("added_tokens") or [], source)
+    added = {
+        token["id"]: token for token in tokenizer.get("added_tokens") or []
+    }
+    specials = _special_ids(pieces, config or {}, model.get("unk_token"), source)
+    first_rank = _first_merge_ranks(model.get("merges") or [], source)
+    lowest = -float(len(first_rank) + 1)
+
+    entries = []
+    for index, piece in enumerate(pieces):
+        if index == specials["unk"]:
+            entries.append((piece, 0.0, spm.UNKNOWN))
+        elif index in (specials["bos"], specials["eos"], specials["pad"]):
+            entries.append((piece, 0.0, spm.CONTROL))
+        elif index in added:
+            # SentencePiece matches user-defined pieces after spaces became "▁".
+            entries.append((piece.replace(" ", _SPACE), 0.0, spm.USER_DEFINED))
+        elif _BYTE_PIECE.match(piece):
+            entries.append((piece, 0.0, spm.BYTE))
+        elif piece in first_rank:
+            entries.append((piece, -float(first_rank[piece] + 1), spm.NORMAL))
+        else:
+            # Single characters (the BPE alphabet) are never merged into;
+            # a longer piece no merge makes can only be reached the same way
+            # in both algorithms, last.
+            entries.append((piece, 0.0 if len(piece) == 1 else lowest, spm.NORMAL))
+    seen = {}
+    for index, (piece, _, _) in enumerate(entries):
+        if piece in seen:
+            raise ValueError(
+                f"{source}: tokens {seen[piece]} and {index} are both {piece!r}; "
+                "SentencePiece needs distinct pieces."
+            )
+        seen[piece] = index
+
+    has_bytes = any(kind == spm.BYTE for _, _, kind in entries)
+    if model.get("byte_fallback") and not has_bytes:
+        raise ValueError(
+            f"{source}: byte_fallback is on but the vocabulary has no <0xXX> byte tokens."
+        )
+    trainer_spec = {
+        "model_type": spm.BPE,
+        "vocab_size": len(entries),
+        "byte_fallback": bool(model.get("byte_fallback")),
+        "allow_whitespace_only_pieces": True,
+        "split_digits": True,
+    }
+    for role, index in specials.items():
+        trainer_spec[f"{role}_id"] = index
+        trainer_spec[f"{role}_piece"] = entries[index][0]
+    normalizer_spec = {
+        "name": "identity",
+        "precompiled_charsmap": b"",
+        "add_dummy_prefix": False,
+        "remove_extra_whitespaces": False,
+        "escape_whitespaces": True,
+    }
+    return spm.model_proto(entries, trainer_spec, normalizer_spec)
+
+
+# -- checks: only Gemma's pipeline is rebuilt ----------------------------------
+
+
+def _unsupported(source, what, value):
+    return ValueError(
+        f"{source}: unsupported {what} {json.dumps(value)[:200]}. keras_gemma "
+        "rebuilds Gemma's tokenizer (BPE with byte fallback, spaces replaced by "
+        "'▁', no other normalization); this tokenizer.json describes another "
+        "kind of tokenizer."
+    )
+
+
+def _check_model(model, source):
+    if model.get("type", "BPE") != "BPE" or "merges" not in model:
+        raise _unsupported(source, "model type", model.get("type"))
+    if not isinstance(model.get("vocab"), dict):
+        raise ValueError(f"{source}: the BPE model has no 'vocab' mapping.")
+    for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key):
+            raise _unsupported(source, f"BPE option '{key}'", model[key])
+    if model.get("ignore_merges"):
+        raise _unsupported(source, "BPE option 'ignore_merges'", True)
+
+
+def _check_normalizer(normalizer, source):
+    steps = normalizer.get("normalizers") if normalizer and normalizer.get(
+        "type") == "Sequence" else [normalizer]
+    steps = [step for step in steps if step is not None]
+    if len(steps) != 1 or not _is_replace(steps[0], " ", _SPACE):
+        raise _unsupported(source, "normalizer", normalizer)
+
+
+def _check_pre_tokenizer(pre_tokenizer, source):
+    if pre_tokenizer is None:
+        return
+    # Splitting on " " after the normalizer turned every space into "▁" finds
+    # nothing to split: transformers' GemmaTokenizer writes this no-op.
+    if (
+        pre_tokenizer.get("type") == "Split"
+        and pre_tokenizer.get("pattern") == {"String": " "}
+        and not pre_tokenizer.get("invert")
+    ):
+        return
+    raise _unsupported(source, "pre-tokenizer", pre_tokenizer)
+
+
+def _check_decoder(decoder, source):
+    if decoder is None:
+        return
+    steps = decoder.get("decoders") if decoder.get("type") == "Sequence" else [decoder]
+    for step in steps:
+        if step.get("type") in ("ByteFallback", "Fuse") or _is_replace(step, _SPACE, " "):
+            continue
+        raise _unsupported(source, "decoder step", step)
+
+
+def _is_replace(step, old, new):
+    return (
+        step.get("type") == "Replace"
+        and step.get("pattern") == {"String": old}
+        and step.get("content") == new
+    )
+
+
+# -- vocabulary ------------------------------------------------------------------
+
+
+def _pieces_by_id(vocab, added_tokens, source):
+    """The pieces in id order; ids must run 0..N-1 without gaps."""
+    by_id = {}
+    for piece, index in vocab.items():
+        by_id[index] = piece
+    for token in added_tokens:
+        index, content = token.get("id"), token.get("content")
+        if not isinstance(index, int) or not isinstance(content, str):
+            raise ValueError(f"{source}: malformed added token {token!r:.100}.")
+        for flag in ("lstrip", "rstrip", "single_word"):
+            if token.get(flag):
+                raise _unsupported(source, f"added-token option '{flag}' on", content)
+        if by_id.setdefault(index, content) != content:
+            raise ValueError(
+                f"{source}: added token {index} is {content!r} but the vocabulary "
+                f"has {by_id[index]!r} there."
+            )
+    count = len(by_id)
+    missing = sorted(set(range(count)) - set(by_id))
+    if missing or (by_id and max(by_id) != count - 1):
+        raise ValueError(
+            f"{source}: token ids must run from 0 to {count - 1} without gaps; "
+            f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}."
+        )
+    return [by_id[i] for i in range(count)]
+
+
+def _special_ids(pieces, config, unk_token, source):
+    """Role -> id for unk/bos/eos/pad; only unk is required here."""
+    index_of = {piece: i for i, piece in enumerate(pieces)}
+    ids = {}
+    for role, default in _DEFAULT_SPECIALS.items():
+        name = _token_content(config.get(f"{role}_token"))
+        if role == "unk" and unk_token:
+            name = unk_token
+        name = name or default
+        if name in index_of:
+            ids[role] = index_of[name]
+        elif role == "unk":
+            raise ValueError(f"{source}: the vocabulary has no unknown token {name!r}.")
+    return ids
+
+
+def _token_content(value):
+    # tokenizer_config.json writes a token as a string or as an AddedToken dict.
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def _first_merge_ranks(merges, source):
+    """Merged piece -> the rank of the first merge that makes it."""
+    ranks = {}
+    for rank, merge in enumerate(merges):
+        if isinstance(merge, str):
+            left, separator, right = merge.partition(" ")
+            if not separator:
+                raise ValueError(f"{source}: merge {rank} ({merge!r}) is not 'left right'.")
+        elif isinstance(merge, (list, tuple)) and len(merge) == 2:
+            left, right = merge
+        else:
+            raise ValueError(f"{source}: merge {rank} ({merge!r:.60}) is not a pair.")
+        ranks.setdefault(left + right, rank)
+    return ranks
