@@ -662,7 +662,7 @@ def _read_training_data(path):
 
 def _finetune(args):
     """LoRA fine-tuning; writes OUT/adapter.lora.h5 and OUT/peft/."""
-    from keras_gemma.chat import END_OF_TURN
+    from keras_gemma.chat import chat_format
     from keras_gemma.chat import chat_template
 
     examples = _read_training_data(args.data)
@@ -691,8 +691,9 @@ def _finetune(args):
         prompts, responses = [], []
         for prompt, text in examples:
             if prompt is not None and args.chat_template:
-                prompt = chat_template([{"role": "user", "content": prompt}])
-                text += END_OF_TURN
+                prompt = chat_template([{"role": "user", "content": prompt}],
+                                       **chat_format(tokenizer, args.preset))
+                text += tokenizer.end_of_turn_token
             prompts.append(prompt or "")
             responses.append(text)
         x = {"prompts": prompts, "responses": responses}
