@@ -114,6 +114,17 @@ def test_live_tokenizers_library_agrees(tokenizer):
             expected, skip_special_tokens=False), repr(text)
 
 
+def test_keras_hub_reads_the_rebuilt_vocabulary(tokenizer):
+    # save_to_preset stores this proto as vocabulary.spm; keras-hub's Gemma 4
+    # tokenizer must find its special tokens there and give the same ids.
+    keras_hub = pytest.importorskip("keras_hub")
+    hub = keras_hub.models.Gemma4Tokenizer(proto=tokenizer.proto, has_audio_tokens=True)
+    assert hub.image_placeholder_id == tokenizer.token_to_id("<|image|>")
+    assert hub.audio_placeholder_id == tokenizer.token_to_id("<|audio|>")
+    for row in SYNTHETIC:
+        assert [int(i) for i in hub(row["text"])] == row["ids"], repr(row["text"])
+
+
 def test_path_to_file_or_folder(tokenizer):
     from_file = tokenizer_from_tokenizer_json(FOLDER / "tokenizer.json")
     assert isinstance(from_file, GemmaTokenizer)
@@ -192,6 +203,14 @@ def test_gaps_in_ids_are_rejected(tmp_path, tokenizer_data):
     del vocab[next(p for p, i in vocab.items() if i == 700)]
     data = dict(tokenizer_data, model=dict(tokenizer_data["model"], vocab=vocab))
     with pytest.raises(ValueError, match=r"without gaps; missing \[700\]"):
+        converted(data, tmp_path)
+
+
+def test_incomplete_byte_fallback_is_rejected(tmp_path, tokenizer_data):
+    vocab = dict(tokenizer_data["model"]["vocab"])
+    vocab["\t(was a byte)"] = vocab.pop("<0x09>")
+    data = dict(tokenizer_data, model=dict(tokenizer_data["model"], vocab=vocab))
+    with pytest.raises(ValueError, match=r"lacks 1 of the 256 byte tokens \(<0x09>\)"):
         converted(data, tmp_path)
 
 

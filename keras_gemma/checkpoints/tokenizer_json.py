@@ -137,10 +137,14 @@ def tokenizer_proto(tokenizer, config=None, source=TOKENIZER_JSON):
             )
         seen[piece] = index
 
-    has_bytes = any(kind == spm.BYTE for _, _, kind in entries)
-    if model.get("byte_fallback") and not has_bytes:
+    byte_pieces = {piece for piece, _, kind in entries if kind == spm.BYTE}
+    missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in byte_pieces]
+    if model.get("byte_fallback") and missing:
+        # SentencePiece's byte fallback needs every byte (Gemma's have them).
         raise ValueError(
-            f"{source}: byte_fallback is on but the vocabulary has no <0xXX> byte tokens."
+            f"{source}: byte_fallback is on but the vocabulary lacks {len(missing)} "
+            f"of the 256 byte tokens ({', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''}); keras_gemma cannot rebuild it."
         )
     trainer_spec = {
         "model_type": spm.BPE,
