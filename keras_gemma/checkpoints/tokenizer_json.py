@@ -112,13 +112,39 @@ def tokenizer_proto(tokenizer, config=None, source=TOKENIZER_JSON):
     added |= {index_of[name] for name in _config_tokens(config) if name in index_of}
     specials = _special_ids(index_of, config, model.get("unk_token"), source)
     first_rank = _first_merge_ranks(model.get("merges") or [], source)
-    lowest = -float(len(first_rank) + 1)
+    entries = _entries(pieces, added, specials, first_rank, source)
+    _check_byte_fallback(entries, model, source)
+    trainer_spec = {
+        "model_type": spm.BPE,
+        "vocab_size": len(entries),
+        "byte_fallback": bool(model.get("byte_fallback")),
+        "allow_whitespace_only_pieces": True,
+        "split_digits": True,
+    }
+    for role in _DEFAULT_SPECIALS:
+        # -1: none (SentencePiece would otherwise assume its default ids).
+        trainer_spec[f"{role}_id"] = specials.get(role, -1)
+        if role in specials:
+            trainer_spec[f"{role}_piece"] = entries[specials[role]][0]
+    normalizer_spec = {
+        "name": "identity",
+        "precompiled_charsmap": b"",
+        "add_dummy_prefix": False,
+        "remove_extra_whitespaces": False,
+        "escape_whitespaces": True,
+    }
+    return spm.model_proto(entries, trainer_spec, normalizer_spec)
 
+
+def _entries(pieces, added, specials, first_rank, source):
+    """``(piece, score, type)`` for each id, as ``model_proto`` takes them."""
+    control = {specials.get(role) for role in ("bos", "eos", "pad")} - {None}
+    lowest = -float(len(first_rank) + 1)
     entries = []
     for index, piece in enumerate(pieces):
         if index == specials["unk"]:
             entries.append((piece, 0.0, spm.UNKNOWN))
-        elif index in (specials["bos"], specials["eos"], specials["pad"]):
+        elif index in control:
             entries.append((piece, 0.0, spm.CONTROL))
         elif index in added:
             # SentencePiece matches user-defined pieces after spaces became "▁".
@@ -128,9 +154,10 @@ def tokenizer_proto(tokenizer, config=None, source=TOKENIZER_JSON):
         elif piece in first_rank:
             entries.append((piece, -float(first_rank[piece] + 1), spm.NORMAL))
         else:
-            # Single characters (the BPE alphabet) are never merged into;
-            # a longer piece no merge makes can only be reached the same way
-            # in both algorithms, last.
+            # Single characters are the alphabet, never a merge's result. A
+            # longer piece that no merge makes, transformers never produces;
+            # SentencePiece would only by joining two of its parts, so it
+            # comes last (the real 262,144-piece vocabulary has none).
             entries.append((piece, 0.0 if len(piece) == 1 else lowest, spm.NORMAL))
     seen = {}
     for index, (piece, _, _) in enumerate(entries):
@@ -140,7 +167,10 @@ def tokenizer_proto(tokenizer, config=None, source=TOKENIZER_JSON):
                 "SentencePiece needs distinct pieces."
             )
         seen[piece] = index
+    return entries
 
+
+def _check_byte_fallback(entries, model, source):
     byte_pieces = {piece for piece, _, kind in entries if kind == spm.BYTE}
     missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in byte_pieces]
     if model.get("byte_fallback") and missing:
@@ -150,24 +180,6 @@ def tokenizer_proto(tokenizer, config=None, source=TOKENIZER_JSON):
             f"of the 256 byte tokens ({', '.join(missing[:4])}"
             f"{' ...' if len(missing) > 4 else ''}); keras_gemma cannot rebuild it."
         )
-    trainer_spec = {
-        "model_type": spm.BPE,
-        "vocab_size": len(entries),
-        "byte_fallback": bool(model.get("byte_fallback")),
-        "allow_whitespace_only_pieces": True,
-        "split_digits": True,
-    }
-    for role, index in specials.items():
-        trainer_spec[f"{role}_id"] = index
-        trainer_spec[f"{role}_piece"] = entries[index][0]
-    normalizer_spec = {
-        "name": "identity",
-        "precompiled_charsmap": b"",
-        "add_dummy_prefix": False,
-        "remove_extra_whitespaces": False,
-        "escape_whitespaces": True,
-    }
-    return spm.model_proto(entries, trainer_spec, normalizer_spec)
 
 
 # -- checks: only Gemma's pipeline is rebuilt ----------------------------------
