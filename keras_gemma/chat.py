@@ -26,10 +26,10 @@ written in text to their ids). So pass the string as it is:
     prompt = keras_gemma.chat_template([{"role": "user", "content": "Hi!"}])
     gemma.generate(prompt, max_length=128)   # one <bos>, stops at <end_of_turn>
 
-Gemma 4 (``family="gemma4"``) writes turns as ``<|turn>role\n...<turn|>\n``,
+Gemma 4 (``family="gemma4"``) writes turns as ``<|turn>role\\n...<turn|>\\n``,
 has a real ``system`` role (its own turn, first), and a thinking mode: with
 ``enable_thinking=True`` the system turn starts with ``<|think|>`` and the
-model writes its reasoning in a ``<|channel>thought\n...<channel|>`` block
+model writes its reasoning in a ``<|channel>thought\\n...<channel|>`` block
 before the answer. ``chat_template`` gives the text of Google's Gemma 4
 ``chat_template.jinja`` (revisions of 2026-04 to 2026-07 agree on it) for
 string contents: reasoning blocks in earlier model turns are dropped, as the
@@ -170,6 +170,9 @@ def chat_template(messages, add_generation_prompt=True, family="gemma",
     ...                {"role": "assistant", "content": "who is there"},
     ...                {"role": "user", "content": "Gemma"}])
     '<start_of_turn>user\\nknock knock<end_of_turn>\\n<start_of_turn>model\\nwho is there<end_of_turn>\\n<start_of_turn>user\\nGemma<end_of_turn>\\n<start_of_turn>model\\n'
+    >>> chat_template([{"role": "system", "content": "Be brief."},
+    ...                {"role": "user", "content": "Hi"}], family="gemma4")
+    '<|turn>system\\nBe brief.<turn|>\\n<|turn>user\\nHi<turn|>\\n<|turn>model\\n'
     """
     system, turns = _validate(messages)
     if add_generation_prompt and turns[-1][0] == "model":

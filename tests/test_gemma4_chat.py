@@ -163,3 +163,10 @@ def test_chat_command_speaks_gemma4(tiny_gemma4_preset, tiny_gemma4):
     stderr = result.stderr.decode()
     assert result.returncode == 0, stderr
     assert result.stdout.decode() == "".join(reply + "\n" for reply in expected)
+
+
+def test_docstring_examples():
+    import doctest
+
+    results = doctest.testmod(chat)
+    assert results.attempted >= 2 and results.failed == 0
