@@ -33,7 +33,10 @@ class GemmaTokenizer:
 
     `tokenize` returns the raw SentencePiece ids, without `<bos>` or `<eos>`
     (the same ids as `keras_hub.models.GemmaTokenizer`). Turn markers such as
-    `<start_of_turn>` written in the text become their single ids.
+    `<start_of_turn>` written in the text become their single ids. Gemma 4's
+    vocabulary (rebuilt from its `tokenizer.json` by
+    `keras_gemma.checkpoints.tokenizer_json`) has `<|turn>` and `<turn|>`
+    instead: `start_of_turn_token_id` / `end_of_turn_token_id` are theirs.
 
     Args:
         proto: path (`str` or `pathlib.Path`) to a SentencePiece model file
