@@ -281,6 +281,33 @@ class _Checkpoint:
             )
         return GemmaTokenizer(str(path))
 
+    def context_length(self):
+        """The most positions the model was trained on, or None if unknown.
+
+        A preset name's JSON says it; a Hugging Face ``config.json`` has
+        ``max_position_embeddings`` and a GGUF ``<arch>.context_length``.
+        keras-hub's configs do not store it, so a keras-hub directory whose
+        architecture is a known preset's gets that preset's.
+        """
+        if self.source is None or self.source.name is not None:
+            name = self.name or self.source.name
+            return _positive_int(preset_info(name).get("sequence_length"))
+        if self.source.kind == "gguf":
+            metadata = self._gguf.metadata
+            architecture = metadata.get("general.architecture")
+            return _positive_int(metadata.get(f"{architecture}.context_length"))
+        if self.source.kind == "huggingface":
+            try:
+                hf = json.loads((self.source.path / "config.json").read_text())
+            except (OSError, ValueError):
+                return None
+            hf = hf.get("text_config", hf) if isinstance(hf, dict) else {}
+            return _positive_int(hf.get("max_position_embeddings"))
+        for info in _registry().values():
+            if {**info["backbone"], **self.config} == info["backbone"]:
+                return _positive_int(info.get("sequence_length"))
+        return None
+
     def sequence_length(self):
         if self.source is not None and self.source.kind == "keras":
             path = self.source.path / "preprocessor.json"
@@ -288,6 +315,10 @@ class _Checkpoint:
                 config = json.loads(path.read_text()).get("config", {})
                 return config.get("sequence_length") or DEFAULT_SEQUENCE_LENGTH
         return DEFAULT_SEQUENCE_LENGTH
+
+
+def _positive_int(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _build_backbone(checkpoint, load_weights, dtype, quantize=None):
@@ -359,7 +390,9 @@ def load_causal_lm(preset, load_weights=True, dtype=None, sequence_length=None, 
         checkpoint.tokenizer(),
         sequence_length=sequence_length or checkpoint.sequence_length(),
     )
-    return GemmaCausalLM(backbone=backbone, preprocessor=preprocessor)
+    model = GemmaCausalLM(backbone=backbone, preprocessor=preprocessor)
+    model.context_length = checkpoint.context_length()
+    return model
 
 
 # -- saving --------------------------------------------------------------------

@@ -8,6 +8,7 @@ import re
 import numpy
 import sentencepiece
 
+from keras_gemma.validation import check_text
 VOCABULARY_FILENAME = "vocabulary.spm"
 
 # Attribute name -> piece. The first three are needed to build prompts and to
@@ -132,7 +133,7 @@ class GemmaTokenizer:
         if isinstance(inputs, numpy.ndarray) and inputs.ndim <= 1:
             inputs = inputs.tolist()
         if isinstance(inputs, str):
-            return self._encode(inputs)
+            return self._encode(check_text(inputs))
         if isinstance(inputs, (list, tuple)):
             for item in inputs:
                 if not isinstance(item, str):
@@ -140,7 +141,7 @@ class GemmaTokenizer:
                         "`tokenize` expects a string or a list of strings, got "
                         f"a {type(inputs).__name__} containing {type(item).__name__}."
                     )
-            return [self._encode(text) for text in inputs]
+            return [self._encode(check_text(text, f"Text {i}")) for i, text in enumerate(inputs)]
         raise TypeError(
             "`tokenize` expects a string or a list of strings, got "
             f"{type(inputs).__name__}."
