@@ -144,12 +144,25 @@ def check_backbone(backbone, available=None):
     its config and dtype policy already set. ``available``: ``(bytes,
     where)``, for tests; default: ``available_bytes()``.
     """
+    check_weights(
+        backbone._config(),
+        backbone.dtype_policy.variable_dtype,
+        int8=quantization.building_int8(),
+        count_parameters=type(backbone).count_parameters,
+        available=available,
+    )
+
+
+def check_weights(config, dtype="float32", int8=False, count_parameters=None,
+                  available=None):
+    """Refuses a backbone config whose weights cannot fit (see check_backbone)."""
     if _skipped():
         return
-    config = backbone._config()
-    int8 = quantization.building_int8()
-    dtype = backbone.dtype_policy.variable_dtype
-    count = type(backbone).count_parameters
+    if count_parameters is None:
+        from keras_gemma.backbone import GemmaBackbone
+
+        count_parameters = GemmaBackbone.count_parameters
+    count = count_parameters
     needed = backbone_bytes(config, dtype, int8, count)
     free, where = available if available is not None else available_bytes()
     if free is None or needed <= free:
