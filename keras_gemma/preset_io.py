@@ -20,6 +20,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from keras_gemma.checkpoints import check_config
+from keras_gemma.checkpoints import file_errors
 from keras_gemma.checkpoints import keras_hub as keras_hub_format
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -221,15 +223,21 @@ class _Checkpoint:
         self.stored_dtype = None
         if self.source is None:
             self.config = dict(preset_info(preset)["backbone"])
+            self.config_source = f"preset '{preset}'"
             return
+        # The file a bad config is blamed on.
+        self.config_source = self.source.path
+        if self.source.kind != "gguf":
+            self.config_source = self.source.path / "config.json"
         if self.source.kind == "keras":
             path = self.source.path / "config.json"
             try:
                 serialized = json.loads(path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 raise ValueError(f"{path}: not valid JSON ({error}).") from None
-            self.config = keras_hub_format.config_from_keras_hub(serialized, path)
-            self.stored_dtype = keras_hub_format.stored_dtype(serialized)
+            with file_errors(path):
+                self.config = keras_hub_format.config_from_keras_hub(serialized, path)
+                self.stored_dtype = keras_hub_format.stored_dtype(serialized)
         elif self.source.kind == "gguf":
             from keras_gemma.checkpoints import gguf
 
@@ -239,7 +247,8 @@ class _Checkpoint:
         else:
             from keras_gemma.checkpoints import huggingface
 
-            self.config = huggingface.read_config(self.source.path)
+            with file_errors(self.source.path / "config.json"):
+                self.config = huggingface.read_config(self.source.path)
 
     def weights(self, backbone):
         """Yields (path, array) in our layout, one tensor at a time."""
@@ -269,7 +278,10 @@ class _Checkpoint:
                 "The tokenizer needs the preset's files; see resolve()."
             )
         if self.source.kind == "gguf":
-            return GemmaTokenizer(self._gguf.tokenizer_proto)
+            try:
+                return GemmaTokenizer(self._gguf.tokenizer_proto)
+            except ValueError as error:
+                raise ValueError(f"{self.source.path}: its vocabulary: {error}") from None
         if self.source.kind == "keras":
             path = self.source.path / "assets" / "tokenizer" / "vocabulary.spm"
         else:
@@ -334,9 +346,9 @@ def _build_backbone(checkpoint, load_weights, dtype, quantize=None):
         # is quantized as it arrives: the float model is never whole.
         int8 = build_int8() if quantize == "int8" else contextlib.nullcontext()
         with skip_weight_initialization(), int8:
-            backbone = GemmaBackbone(**checkpoint.config, dtype=dtype)
+            backbone = _new_backbone(GemmaBackbone, checkpoint, dtype)
     else:
-        backbone = GemmaBackbone(**checkpoint.config, dtype=dtype)
+        backbone = _new_backbone(GemmaBackbone, checkpoint, dtype)
         if quantize == "int8":
             backbone.quantize("int8")
     if load_weights:
@@ -346,6 +358,18 @@ def _build_backbone(checkpoint, load_weights, dtype, quantize=None):
             str(checkpoint.source.path),
         )
     return backbone
+
+
+def _new_backbone(backbone_class, checkpoint, dtype):
+    """The backbone of ``checkpoint.config``; a bad config names its file."""
+    import keras
+
+    if dtype is not None:
+        dtype = keras.dtype_policies.get(dtype)  # the caller's error, not the file's
+    source = checkpoint.config_source
+    check_config(checkpoint.config, source)
+    with file_errors(source, "holds an invalid config"):
+        return backbone_class(**checkpoint.config, dtype=dtype)
 
 
 def _progress(iterable, total, description):
