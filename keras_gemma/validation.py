@@ -15,7 +15,7 @@ server can call the same functions on a request before queueing it.
 
 Example:
 
->>> check_text("Alice \\ud800 moved")
+>>> check_text("Alice \\ud800 moved")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
 ValueError: The text is not valid Unicode: it holds a lone surrogate U+D800 at position 6 ...

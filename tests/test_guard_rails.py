@@ -158,6 +158,13 @@ def test_check_text():
         validation.check_texts(["ok", "\udfff"])
 
 
+def test_validation_docstring_examples():
+    import doctest
+
+    results = doctest.testmod(validation)
+    assert results.attempted >= 2 and results.failed == 0
+
+
 def test_bytes_prompts_with_invalid_utf8_get_our_error(tiny_lm):
     with pytest.raises(ValueError, match=r"Prompts\[0\] is bytes that are not valid UTF-8"):
         tiny_lm.generate([b"\xff\xfe"], max_length=12)
