@@ -324,8 +324,15 @@ class _Checkpoint:
         if self.source is not None and self.source.kind == "keras":
             path = self.source.path / "preprocessor.json"
             if path.is_file():
-                config = json.loads(path.read_text()).get("config", {})
-                return config.get("sequence_length") or DEFAULT_SEQUENCE_LENGTH
+                with file_errors(path):
+                    config = json.loads(path.read_text(encoding="utf-8")).get("config", {})
+                    length = config.get("sequence_length")
+                if length is not None and _positive_int(length) is None:
+                    raise ValueError(
+                        f"{path}: `sequence_length` must be a positive integer, "
+                        f"got {length!r:.60}."
+                    )
+                return length or DEFAULT_SEQUENCE_LENGTH
         return DEFAULT_SEQUENCE_LENGTH
 
 
@@ -339,7 +346,11 @@ def _build_backbone(checkpoint, load_weights, dtype, quantize=None):
     from keras_gemma.checkpoints import assign_weights
     from keras_gemma.quantization import build_int8
 
-    if dtype is None:
+    if dtype is not None:
+        import keras
+
+        keras.dtype_policies.get(dtype)  # a bad dtype is the caller's error, not the file's
+    else:
         dtype = checkpoint.stored_dtype
     if load_weights:
         # With quantize="int8", layers start as int8 and each float tensor
@@ -362,13 +373,10 @@ def _build_backbone(checkpoint, load_weights, dtype, quantize=None):
 
 def _new_backbone(backbone_class, checkpoint, dtype):
     """The backbone of ``checkpoint.config``; a bad config names its file."""
-    import keras
-
-    if dtype is not None:
-        dtype = keras.dtype_policies.get(dtype)  # the caller's error, not the file's
     source = checkpoint.config_source
     check_config(checkpoint.config, source)
-    with file_errors(source, "holds an invalid config"):
+    # TypeError: an unknown or mistyped config entry.
+    with file_errors(source, "holds an invalid config", catch=(TypeError,)):
         return backbone_class(**checkpoint.config, dtype=dtype)
 
 

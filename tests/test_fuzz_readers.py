@@ -257,19 +257,24 @@ def _mutate_json_value(text, rng):
     return json.dumps(document).encode()
 
 
-@pytest.mark.parametrize("kind", ["keras-hub", "huggingface"])
+@pytest.mark.parametrize("kind", ["keras-hub", "huggingface", "preprocessor"])
 def test_fuzz_preset_json(tmp_path, tiny_preset, kind, record_property):
-    """config.json, through the whole preset path up to a built backbone."""
-    if kind == "keras-hub":
-        folder = tmp_path / "preset"
-        shutil.copytree(tiny_preset[0], folder)
-    else:
+    """config.json (preprocessor.json), through the preset path up to a
+    built backbone (preprocessor)."""
+    if kind == "huggingface":
         folder = tmp_path / "hf"
         shutil.copytree(DATA / "hf_tiny_gemma", folder)
-    config_path = folder / "config.json"
+    else:
+        folder = tmp_path / "preset"
+        shutil.copytree(tiny_preset[0], folder)
+    name = "preprocessor.json" if kind == "preprocessor" else "config.json"
+    config_path = folder / name
     original = config_path.read_text()
 
     def load(path):
+        if kind == "preprocessor":
+            preset_io.load_preprocessor(str(folder))
+            return
         checkpoint = preset_io._Checkpoint(str(folder), need_weights=False)
         preset_io._build_backbone(checkpoint, load_weights=False, dtype=None)
         checkpoint.context_length()
@@ -280,6 +285,7 @@ def test_fuzz_preset_json(tmp_path, tiny_preset, kind, record_property):
             return _mutate_json_value(original, rng)
         return mutate(data, rng)
 
-    tally = fuzz(f"preset JSON ({kind})", original.encode(), config_path, load,
-                 seed=6 if kind == "keras-hub" else 7, mutator=json_or_bytes)
+    tally = fuzz(f"preset JSON ({kind} {name})", original.encode(), config_path, load,
+                 seed={"keras-hub": 6, "huggingface": 7, "preprocessor": 8}[kind],
+                 mutator=json_or_bytes)
     record_property(f"fuzz_json_{kind}", json.dumps(tally))

@@ -21,12 +21,12 @@ _MALFORMED = (
 
 
 @contextlib.contextmanager
-def file_errors(source, what="is malformed"):
+def file_errors(source, what="is malformed", catch=_MALFORMED):
     """Re-raises errors caused by a malformed ``source`` as ValueErrors naming it.
 
     A ValueError that already names ``source`` passes unchanged (keeping its
     type, e.g. ``NotEnoughMemoryError``); so do ``FileNotFoundError`` and
-    ``MemoryError``.
+    ``MemoryError``. ``catch``: the exception types blamed on the file.
     """
     source = str(source)
     try:
@@ -37,7 +37,7 @@ def file_errors(source, what="is malformed"):
         raise _with_source(error, source) from None
     except (FileNotFoundError, IsADirectoryError, PermissionError, MemoryError):
         raise
-    except _MALFORMED as error:
+    except catch as error:
         detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         raise ValueError(
             f"{source} {what} ({detail}). The file may be truncated, corrupt "
