@@ -54,6 +54,8 @@ def _skipped():
 def _itemsize(dtype):
     dtype = getattr(dtype, "variable_dtype", dtype) or "float32"
     dtype = str(dtype)
+    if dtype.startswith("mixed_"):  # a mixed policy's variables are float32
+        return 4
     if dtype == "bfloat16":
         return 2
     return np.dtype(dtype).itemsize

@@ -9,6 +9,7 @@ import numpy
 import sentencepiece
 
 from keras_gemma.validation import check_text
+
 VOCABULARY_FILENAME = "vocabulary.spm"
 
 # Attribute name -> piece. The first three are needed to build prompts and to

@@ -235,6 +235,13 @@ def test_7b_presets_in_bfloat16_pass_on_a_24_gb_host(preset):
         memory.check_weights(config, "float32", available=(24 * GB, "host memory"))
 
 
+def test_dtype_names():
+    config = TINY_CONFIGS["gemma_mqa"]
+    parameters = keras_gemma.GemmaBackbone.count_parameters(config)
+    assert memory.backbone_bytes(config, "mixed_bfloat16") == 4 * parameters
+    assert memory.backbone_bytes(config, "float16") == 2 * parameters
+
+
 def test_preflight_refuses_exactly_what_does_not_fit():
     config = preset_io.preset_info("gemma_7b_en")["backbone"]
     needed = memory.backbone_bytes(config, "bfloat16")
