@@ -6,7 +6,12 @@ error from keras_gemma (what was wrong, what to do), on every backend.
 
 import json
 import math
+import os
+import subprocess
+import sys
 import time
+
+import keras
 
 import numpy as np
 import pytest
@@ -186,6 +191,43 @@ def test_backbone_estimate_matches_allocation(name, dtype):
     backbone = keras_gemma.GemmaBackbone(**config, dtype=dtype)
     measured = _measured_variable_bytes(backbone)
     estimate = memory.backbone_bytes(config, dtype)
+    assert abs(estimate - measured) <= 0.1 * measured, (estimate, measured)
+
+
+_RSS_SCRIPT = """
+import gc
+import keras_gemma
+from keras_gemma import memory
+from keras_gemma.backbone import skip_weight_initialization
+
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+small = dict(vocabulary_size=640, num_layers=1, num_query_heads=4,
+             num_key_value_heads=1, hidden_dim=32, intermediate_dim=64, head_dim=16)
+with skip_weight_initialization():  # warms up the backend
+    keras_gemma.GemmaBackbone(**small)
+config = dict(vocabulary_size=64000, num_layers=8, num_query_heads=4,
+              num_key_value_heads=1, hidden_dim=512, intermediate_dim=2048, head_dim=128)
+gc.collect()
+before = rss()
+with skip_weight_initialization():  # zeros: no initializer temporaries
+    backbone = keras_gemma.GemmaBackbone(**config)
+gc.collect()
+print(memory.backbone_bytes(config), rss() - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_backbone_estimate_matches_resident_memory():
+    # A ~250 MB backbone in a fresh process: the resident memory it adds is
+    # the real allocation, backend buffers and all.
+    env = {**os.environ, "KERAS_BACKEND": keras.config.backend(),
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", _RSS_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    estimate, measured = map(int, result.stdout.split()[-2:])
     assert abs(estimate - measured) <= 0.1 * measured, (estimate, measured)
 
 
