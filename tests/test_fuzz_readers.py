@@ -6,7 +6,8 @@ flipped bytes, huge counts and lengths written over 4- or 8-byte fields,
 inserted and deleted runs. Each must either load or raise a ``ValueError``
 that names the file, quickly, without allocating more than a bound; no
 other exception may escape. The counts (tried, loaded, rejected) appear in
-the terminal summary, also without ``-s``.
+the terminal summary (tests/conftest.py), also without ``-s`` and under
+xdist.
 
 The readers produce numpy arrays and run the same on every backend; the
 suite is small (a few seconds) so it runs as part of each backend's run.
@@ -40,31 +41,6 @@ MUTATIONS = 300  # per reader
 CASE_SECONDS = 5  # a case slower than this counts as a hang
 MEMORY_BOUND = 256 * 2**20  # what the preflight may let one case allocate
 HUGE = (2**31 - 1, 2**32 - 1, 2**63 - 1, 2**64 - 1, 2**40, 10**12)
-
-_TALLIES = {}
-
-
-class _Summary:
-    """Prints the tallies at the end of the run (visible without ``-s``)."""
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_terminal_summary(self, terminalreporter):
-        if not _TALLIES:
-            return
-        terminalreporter.section("fuzzed readers")
-        for reader, tally in _TALLIES.items():
-            terminalreporter.write_line(
-                f"{reader}: {tally['tried']} files tried, {tally['loaded']} "
-                f"loaded, {tally['rejected']} rejected with our ValueError"
-            )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _summary(request):
-    manager = request.config.pluginmanager
-    if not manager.has_plugin("fuzz-readers-summary"):
-        manager.register(_Summary(), "fuzz-readers-summary")
-
 
 @pytest.fixture(autouse=True)
 def _bounded_memory(monkeypatch):
@@ -122,12 +98,14 @@ def _deadline(seconds):
         signal.signal(signal.SIGALRM, previous)
 
 
-def fuzz(reader_name, original, target, load, seed, mutator=mutate):
+def fuzz(reader_name, original, target, load, seed, record_property, mutator=mutate):
     """Writes ``MUTATIONS`` mutations of ``original`` to ``target`` and loads each.
 
-    ``load(target)`` reads the file (consuming every tensor). Returns the
-    tally; fails listing the cases where another exception escaped, a
-    ValueError did not name the file, or a case hung.
+    ``load(target)`` reads the file (consuming every tensor). Records the
+    tally as the test's ``fuzz_tally`` property, which conftest.py's
+    terminal summary prints (also from xdist workers). Fails listing the
+    cases where another exception escaped, a ValueError did not name the
+    file, or a case hung.
     """
     rng = random.Random(seed)
     tally = {"tried": 0, "loaded": 0, "rejected": 0}
@@ -154,7 +132,10 @@ def fuzz(reader_name, original, target, load, seed, mutator=mutate):
             tally["loaded"] += 1
     elapsed = time.perf_counter() - start
     peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    _TALLIES[reader_name] = tally
+    record_property("fuzz_tally", (
+        f"{reader_name}: {tally['tried']} files tried, {tally['loaded']} loaded, "
+        f"{tally['rejected']} rejected with our ValueError ({elapsed:.1f} s)"
+    ))
     print(f"\n{reader_name}: {tally} in {elapsed:.1f} s")
     assert not failures, f"{len(failures)} bad cases, e.g. " + "\n".join(
         f"case {c}: {m[:300]}" for c, m in failures[:10]
@@ -179,8 +160,8 @@ def test_fuzz_gguf(tmp_path, record_property):
         gguf_reader.read_gguf(path, progress=False)
         preset_io._Checkpoint(str(path)).tokenizer()
 
-    tally = fuzz("GGUF", original_path.read_bytes(), target, load, seed=1)
-    record_property("fuzz_gguf", json.dumps(tally))
+    fuzz("GGUF", original_path.read_bytes(), target, load, seed=1,
+         record_property=record_property)
 
 
 def test_fuzz_safetensors(tmp_path, record_property):
@@ -194,8 +175,7 @@ def test_fuzz_safetensors(tmp_path, record_property):
         for _ in huggingface.read_weights(folder, config):
             pass
 
-    tally = fuzz("safetensors", original, shard, load, seed=2)
-    record_property("fuzz_safetensors", json.dumps(tally))
+    fuzz("safetensors", original, shard, load, seed=2, record_property=record_property)
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +198,7 @@ def test_fuzz_keras_hub_h5(tmp_path, tiny_preset, record_property):
         for _ in keras_hub.read_weights(folder, shapes, "gemma"):
             pass
 
-    tally = fuzz("keras-hub .h5", original, weights, load, seed=3)
-    record_property("fuzz_h5", json.dumps(tally))
+    fuzz("keras-hub .h5", original, weights, load, seed=3, record_property=record_property)
 
 
 def test_fuzz_sentencepiece_model(tmp_path, record_property):
@@ -229,8 +208,8 @@ def test_fuzz_sentencepiece_model(tmp_path, record_property):
         tokenizer = keras_gemma.GemmaTokenizer(path)
         tokenizer.detokenize(tokenizer.tokenize("The quick brown fox"))
 
-    tally = fuzz("SentencePiece model", VOCABULARY_PATH.read_bytes(), target, load, seed=4)
-    record_property("fuzz_sentencepiece", json.dumps(tally))
+    fuzz("SentencePiece model", VOCABULARY_PATH.read_bytes(), target, load, seed=4,
+         record_property=record_property)
 
 
 def _mutate_json_value(text, rng):
@@ -285,7 +264,6 @@ def test_fuzz_preset_json(tmp_path, tiny_preset, kind, record_property):
             return _mutate_json_value(original, rng)
         return mutate(data, rng)
 
-    tally = fuzz(f"preset JSON ({kind} {name})", original.encode(), config_path, load,
-                 seed={"keras-hub": 6, "huggingface": 7, "preprocessor": 8}[kind],
-                 mutator=json_or_bytes)
-    record_property(f"fuzz_json_{kind}", json.dumps(tally))
+    fuzz(f"preset JSON ({kind} {name})", original.encode(), config_path, load,
+         seed={"keras-hub": 6, "huggingface": 7, "preprocessor": 8}[kind],
+         record_property=record_property, mutator=json_or_bytes)
