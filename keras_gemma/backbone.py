@@ -23,11 +23,13 @@ import math
 import keras
 from keras import ops
 
+from keras_gemma import memory
 from keras_gemma.decoder_block import GemmaDecoderBlock
 from keras_gemma.embedding import TiedEmbedding
 from keras_gemma.quantization import QuantizableDense
 from keras_gemma.rms_norm import RMSNorm
 from keras_gemma.rotary_embedding import rotary_cos_sin
+from keras_gemma.validation import check_token_dtype
 
 # Set by `skip_weight_initialization`: loaders overwrite every weight, so
 # drawing ~10^8 random numbers first would only waste time.
@@ -172,6 +174,7 @@ class GemmaBackbone(keras.Model):
         self.rope_scaling_factor = rope_scaling_factor
         self.local_rope_max_wavelength = local_rope_max_wavelength
         _validate_config(self._config())
+        memory.check_backbone(self)  # before any weight exists
         self.lora_config = None  # set by enable_lora
 
         policy = self.dtype_policy
@@ -231,6 +234,7 @@ class GemmaBackbone(keras.Model):
         """
         if not isinstance(inputs, dict):
             inputs = {"token_ids": inputs}
+        check_token_dtype(inputs["token_ids"], "The model's token_ids")
         hidden, _ = self.compute_hidden_states(
             inputs["token_ids"], inputs.get("padding_mask"), training=training
         )

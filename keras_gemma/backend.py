@@ -142,3 +142,73 @@ def no_grad():
 
         return torch.no_grad()
     return contextlib.nullcontext()
+
+
+# -- memory (see keras_gemma/memory.py) ------------------------------------------
+
+
+def output_specs(function):
+    """What ``function()`` would return, as shapes and dtypes, allocating nothing.
+
+    Traces ``function`` symbolically (``jax.eval_shape``, a TensorFlow graph,
+    PyTorch's meta device) through Keras' own tracer, so e.g. the key/value
+    cache of a 10^9-token generation can be sized without creating it.
+    """
+    from keras.src.backend import compute_output_spec
+
+    return compute_output_spec(function)
+
+
+def host_memory_available():
+    """Bytes the host can still give this process (``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import os
+
+    try:  # other Unixes: free pages only (a lower bound: caches not counted)
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def device_memory_available():
+    """``(bytes or None, where)``: memory free where Keras puts new tensors.
+
+    On an accelerator that is its free memory (summed over the devices a
+    ``keras.distribution`` spreads weights across); on a CPU it is the host's.
+    ``None`` means the backend cannot tell (TensorFlow on a GPU reports
+    usage, not capacity); then nothing is refused.
+    """
+    backend = name()
+    if backend == "jax":
+        import jax
+
+        devices = jax.local_devices()
+        if devices[0].platform != "cpu":
+            if keras.distribution.distribution() is None:
+                devices = devices[:1]
+            free = 0
+            for device in devices:
+                stats = device.memory_stats() or {}
+                if "bytes_limit" not in stats:
+                    return None, f"{device.platform.upper()} memory"
+                free += stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+            where = f"{len(devices)} {devices[0].platform.upper()}s" if len(devices) > 1 else str(devices[0])
+            return free, where
+    elif backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info()
+            return free, f"cuda:{torch.cuda.current_device()}"
+    else:
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("GPU"):
+            return None, "GPU memory"
+    return host_memory_available(), "host memory"

@@ -8,10 +8,13 @@ import numpy as np
 from keras import ops
 
 from keras_gemma import backend
+from keras_gemma import memory
 from keras_gemma import samplers as samplers_lib
 from keras_gemma.backbone import GemmaBackbone
 from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
 from keras_gemma.quantization import levels_varying_with
+from keras_gemma.validation import check_token_dtype
+from keras_gemma.validation import check_token_ids
 
 # Prompts are prefilled in buckets of this many positions, so prompts of
 # similar length share one compiled program.
@@ -52,6 +55,9 @@ class GemmaCausalLM(keras.Model):
         self.preprocessor = preprocessor
         self.sampler = samplers_lib.GreedySampler()
         self._generate_functions = {}
+        # Most positions the model was trained on (from_preset sets it);
+        # generate refuses a longer max_length. None: unknown.
+        self.context_length = None
         self.built = True
 
     def call(self, inputs, training=False):
@@ -105,6 +111,7 @@ class GemmaCausalLM(keras.Model):
                 raise ValueError("Got an empty dataset: no text to train on.")
             return self.preprocessor(x, y, sample_weight)
         if isinstance(x, dict) and "token_ids" in x:
+            _check_token_inputs(x)
             return x, y, sample_weight
         if hasattr(x, "as_numpy_iterator") or isinstance(x, keras.utils.PyDataset):
             return x, y, sample_weight  # yields model-ready batches itself
@@ -137,6 +144,12 @@ class GemmaCausalLM(keras.Model):
             validation_data=validation_data, **kwargs,
         )
 
+    def predict(self, x, *args, **kwargs):
+        # Checked before Keras starts: on JAX a failure inside its loop
+        # leaves the model's variables emptied.
+        _check_token_inputs(x)
+        return super().predict(x, *args, **kwargs)
+
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
         x, y, sample_weight = self._preprocess_for_training(x, y, sample_weight)
         return super().evaluate(
@@ -159,7 +172,9 @@ class GemmaCausalLM(keras.Model):
             )
         if scoring_mode == "loss" and target_ids is None:
             raise ValueError("scoring_mode='loss' needs `target_ids`.")
-        token_ids = ops.convert_to_tensor(token_ids, "int32")
+        token_ids = ops.convert_to_tensor(check_token_ids(token_ids, "score() token_ids"), "int32")
+        if target_ids is not None:
+            target_ids = check_token_ids(target_ids, "score() target_ids")
         if padding_mask is None:
             padding_mask = ops.ones_like(token_ids, "bool")
         with backend.no_grad():
@@ -203,6 +218,7 @@ class GemmaCausalLM(keras.Model):
                 )
             _check_max_length(max_length)
             single = isinstance(inputs, str)
+            self._check_generation(_prompt_count(inputs), max_length)
             batch = self.preprocessor.generate_preprocess(inputs, max_length)
             token_ids, padding_mask = batch["token_ids"], batch["padding_mask"]
             strings = True
@@ -224,7 +240,7 @@ class GemmaCausalLM(keras.Model):
     def _validate_token_input(self, inputs, max_length):
         if "token_ids" not in inputs:
             raise ValueError("generate() dict input needs a 'token_ids' entry.")
-        token_ids = np.asarray(inputs["token_ids"])
+        token_ids = check_token_ids(inputs["token_ids"], "generate() token_ids")
         single = token_ids.ndim == 1
         token_ids = np.atleast_2d(token_ids).astype("int32")
         padding_mask = inputs.get("padding_mask")
@@ -246,6 +262,7 @@ class GemmaCausalLM(keras.Model):
             )
         _check_max_length(max_length)
         length = token_ids.shape[1]
+        self._check_generation(token_ids.shape[0], max_length or length)
         longest = int(padding_mask.sum(axis=1).max())
         if max_length is not None:
             if longest >= max_length:
@@ -265,6 +282,15 @@ class GemmaCausalLM(keras.Model):
                 "or pad the input to the total length you want."
             )
         return token_ids, padding_mask, single
+
+    def _check_generation(self, batch_size, max_length, prefill_length=1):
+        """Refuses, up front, a length past the context or the free memory."""
+        max_length = max_length or self.preprocessor.sequence_length
+        memory.check_generation(
+            self.backbone, batch_size, max_length,
+            cache_length=-(-max_length // LENGTH_BUCKET) * LENGTH_BUCKET,
+            prefill_length=prefill_length, context_length=self.context_length,
+        )
 
     def backbone_pad_id(self):
         if self.preprocessor is not None:
@@ -318,6 +344,7 @@ class GemmaCausalLM(keras.Model):
         if self.preprocessor is None:
             raise ValueError("stream() needs a preprocessor to turn text into tokens.")
         _check_max_length(max_length)
+        self._check_generation(1, max_length)
         batch = self.preprocessor.generate_preprocess(prompt, max_length)
         stop_ids = self._stop_token_ids(stop_token_ids)
         state = self._start_generation(
@@ -369,6 +396,7 @@ class GemmaCausalLM(keras.Model):
         padding_mask = np.pad(padding_mask, pad)
         shortest = int(padding_mask.sum(axis=1).min())
         prefill_length = min(bucket, -(-shortest // PREFILL_BUCKET) * PREFILL_BUCKET)
+        self._check_generation(batch_size, max_length, prefill_length)
         prefill = self._compiled(
             "prefill",
             lambda: backend.compile_inference(self, self._make_prefill(prefill_length)),
@@ -537,6 +565,19 @@ def _is_text(x):
     return isinstance(x, (list, tuple)) and len(x) > 0 and all(
         isinstance(i, str) for i in x
     ) or (isinstance(x, (list, tuple)) and len(x) == 0)
+
+
+def _check_token_inputs(x):
+    """Integer token ids in a model-ready dict (or array), before Keras runs."""
+    token_ids = x.get("token_ids") if isinstance(x, dict) else x
+    if isinstance(token_ids, (list, tuple, np.ndarray)):
+        check_token_ids(token_ids, "token_ids")
+    elif hasattr(token_ids, "dtype") and hasattr(token_ids, "shape"):
+        check_token_dtype(token_ids, "token_ids")
+
+
+def _prompt_count(inputs):
+    return 1 if isinstance(inputs, (str, bytes)) or not hasattr(inputs, "__len__") else len(inputs)
 
 
 def _strings_from_dataset(x):

@@ -45,6 +45,8 @@ This module imports nothing heavy (no Keras).
 import re
 from collections.abc import Mapping
 
+from keras_gemma.validation import check_text
+
 ROLES = {"user": "user", "assistant": "model", "model": "model", "system": "system"}
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
@@ -112,6 +114,7 @@ def _validate(messages):
                 f"{where} ({role}) has {type(content).__name__} content; "
                 "Gemma chat content must be a string."
             )
+        check_text(content, f"{where} ({role}) content")
         if role == "system":
             if index != 0:
                 raise ValueError(

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from keras_gemma.validation import check_text
+
 
 def _as_string_list(x, what):
     """(list of str, was_single) or a TypeError that says what was wrong."""
@@ -12,7 +14,10 @@ def _as_string_list(x, what):
     elif isinstance(x, np.ndarray) and x.dtype == object:
         x = x.tolist()
     if isinstance(x, (list, tuple)):
-        items = [i.decode("utf-8") if isinstance(i, bytes) else i for i in x]
+        items = [
+            check_text(i, f"{what}[{n}]") if isinstance(i, bytes) else i
+            for n, i in enumerate(x)
+        ]
         bad = [i for i in items if not isinstance(i, str)]
         if not bad:
             return items, False

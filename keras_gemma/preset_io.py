@@ -20,6 +20,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from keras_gemma.checkpoints import check_config
+from keras_gemma.checkpoints import file_errors
 from keras_gemma.checkpoints import keras_hub as keras_hub_format
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -221,15 +223,21 @@ class _Checkpoint:
         self.stored_dtype = None
         if self.source is None:
             self.config = dict(preset_info(preset)["backbone"])
+            self.config_source = f"preset '{preset}'"
             return
+        # The file a bad config is blamed on.
+        self.config_source = self.source.path
+        if self.source.kind != "gguf":
+            self.config_source = self.source.path / "config.json"
         if self.source.kind == "keras":
             path = self.source.path / "config.json"
             try:
                 serialized = json.loads(path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 raise ValueError(f"{path}: not valid JSON ({error}).") from None
-            self.config = keras_hub_format.config_from_keras_hub(serialized, path)
-            self.stored_dtype = keras_hub_format.stored_dtype(serialized)
+            with file_errors(path):
+                self.config = keras_hub_format.config_from_keras_hub(serialized, path)
+                self.stored_dtype = keras_hub_format.stored_dtype(serialized)
         elif self.source.kind == "gguf":
             from keras_gemma.checkpoints import gguf
 
@@ -239,7 +247,8 @@ class _Checkpoint:
         else:
             from keras_gemma.checkpoints import huggingface
 
-            self.config = huggingface.read_config(self.source.path)
+            with file_errors(self.source.path / "config.json"):
+                self.config = huggingface.read_config(self.source.path)
 
     def weights(self, backbone):
         """Yields (path, array) in our layout, one tensor at a time."""
@@ -269,7 +278,11 @@ class _Checkpoint:
                 "The tokenizer needs the preset's files; see resolve()."
             )
         if self.source.kind == "gguf":
-            return self._checked(GemmaTokenizer(self._gguf.tokenizer_proto))
+            try:
+                tokenizer = GemmaTokenizer(self._gguf.tokenizer_proto)
+            except ValueError as error:
+                raise ValueError(f"{self.source.path}: its vocabulary: {error}") from None
+            return self._checked(tokenizer)
         if self.source.kind == "keras":
             path = self.source.path / "assets" / "tokenizer" / "vocabulary.spm"
         else:
@@ -291,12 +304,46 @@ class _Checkpoint:
         check_vocabulary_size(tokenizer, self.config.get("vocabulary_size"), self.source.path)
         return tokenizer
 
+    def context_length(self):
+        """The most positions the model was trained on, or None if unknown.
+
+        A preset name's JSON says it; a Hugging Face ``config.json`` has
+        ``max_position_embeddings`` and a GGUF ``<arch>.context_length``.
+        keras-hub's configs do not store it, so a keras-hub directory whose
+        architecture is a known preset's gets that preset's.
+        """
+        if self.source is None or self.source.name is not None:
+            name = self.name or self.source.name
+            return _positive_int(preset_info(name).get("sequence_length"))
+        if self.source.kind == "gguf":
+            metadata = self._gguf.metadata
+            architecture = metadata.get("general.architecture")
+            return _positive_int(metadata.get(f"{architecture}.context_length"))
+        if self.source.kind == "huggingface":
+            try:
+                hf = json.loads((self.source.path / "config.json").read_text())
+            except (OSError, ValueError):
+                return None
+            hf = hf.get("text_config", hf) if isinstance(hf, dict) else {}
+            return _positive_int(hf.get("max_position_embeddings"))
+        for info in _registry().values():
+            if {**info["backbone"], **self.config} == info["backbone"]:
+                return _positive_int(info.get("sequence_length"))
+        return None
+
     def sequence_length(self):
         if self.source is not None and self.source.kind == "keras":
             path = self.source.path / "preprocessor.json"
             if path.is_file():
-                config = json.loads(path.read_text()).get("config", {})
-                return config.get("sequence_length") or DEFAULT_SEQUENCE_LENGTH
+                with file_errors(path):
+                    config = json.loads(path.read_text(encoding="utf-8")).get("config", {})
+                    length = config.get("sequence_length")
+                if length is not None and _positive_int(length) is None:
+                    raise ValueError(
+                        f"{path}: `sequence_length` must be a positive integer, "
+                        f"got {length!r:.60}."
+                    )
+                return length or DEFAULT_SEQUENCE_LENGTH
         return DEFAULT_SEQUENCE_LENGTH
 
 
@@ -319,22 +366,30 @@ def check_vocabulary_size(tokenizer, vocabulary_size, source):
         )
 
 
+def _positive_int(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _build_backbone(checkpoint, load_weights, dtype, quantize=None):
     from keras_gemma.backbone import GemmaBackbone
     from keras_gemma.backbone import skip_weight_initialization
     from keras_gemma.checkpoints import assign_weights
     from keras_gemma.quantization import build_int8
 
-    if dtype is None:
+    if dtype is not None:
+        import keras
+
+        keras.dtype_policies.get(dtype)  # a bad dtype is the caller's error, not the file's
+    else:
         dtype = checkpoint.stored_dtype
     if load_weights:
         # With quantize="int8", layers start as int8 and each float tensor
         # is quantized as it arrives: the float model is never whole.
         int8 = build_int8() if quantize == "int8" else contextlib.nullcontext()
         with skip_weight_initialization(), int8:
-            backbone = GemmaBackbone(**checkpoint.config, dtype=dtype)
+            backbone = _new_backbone(GemmaBackbone, checkpoint, dtype)
     else:
-        backbone = GemmaBackbone(**checkpoint.config, dtype=dtype)
+        backbone = _new_backbone(GemmaBackbone, checkpoint, dtype)
         if quantize == "int8":
             backbone.quantize("int8")
     if load_weights:
@@ -344,6 +399,15 @@ def _build_backbone(checkpoint, load_weights, dtype, quantize=None):
             str(checkpoint.source.path),
         )
     return backbone
+
+
+def _new_backbone(backbone_class, checkpoint, dtype):
+    """The backbone of ``checkpoint.config``; a bad config names its file."""
+    source = checkpoint.config_source
+    check_config(checkpoint.config, source)
+    # TypeError: an unknown or mistyped config entry.
+    with file_errors(source, "holds an invalid config", catch=(TypeError,)):
+        return backbone_class(**checkpoint.config, dtype=dtype)
 
 
 def _progress(iterable, total, description):
@@ -388,7 +452,9 @@ def load_causal_lm(preset, load_weights=True, dtype=None, sequence_length=None, 
         checkpoint.tokenizer(),
         sequence_length=sequence_length or checkpoint.sequence_length(),
     )
-    return GemmaCausalLM(backbone=backbone, preprocessor=preprocessor)
+    model = GemmaCausalLM(backbone=backbone, preprocessor=preprocessor)
+    model.context_length = checkpoint.context_length()
+    return model
 
 
 # -- saving --------------------------------------------------------------------

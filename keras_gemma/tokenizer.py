@@ -8,6 +8,8 @@ import re
 import numpy
 import sentencepiece
 
+from keras_gemma.validation import check_text
+
 VOCABULARY_FILENAME = "vocabulary.spm"
 
 # Attribute name -> piece. The first three are needed to build prompts and to
@@ -56,11 +58,13 @@ class GemmaTokenizer:
     """
 
     def __init__(self, proto):
+        source = "The SentencePiece model bytes"  # named in errors
         if isinstance(proto, (str, os.PathLike)):
             path = pathlib.Path(proto)
             if not path.is_file():
                 raise FileNotFoundError(f"SentencePiece model file not found: {path}")
             proto = path.read_bytes()
+            source = str(path)
         elif isinstance(proto, (bytes, bytearray)):
             proto = bytes(proto)
         else:
@@ -69,7 +73,7 @@ class GemmaTokenizer:
                 f"serialized bytes, got {type(proto).__name__}."
             )
         self.proto = proto
-        self._processor = _load_processor(proto)
+        self._processor = _load_processor(proto, source)
 
         # Piece -> id for the special tokens this vocabulary has.
         self.special_tokens = {}
@@ -91,7 +95,7 @@ class GemmaTokenizer:
         ]
         if missing:
             raise ValueError(
-                "The SentencePiece vocabulary lacks the Gemma special "
+                f"{source}: the SentencePiece vocabulary lacks the Gemma special "
                 f"token(s) {', '.join(missing)}."
             )
 
@@ -143,7 +147,7 @@ class GemmaTokenizer:
         if isinstance(inputs, numpy.ndarray) and inputs.ndim <= 1:
             inputs = inputs.tolist()
         if isinstance(inputs, str):
-            return self._encode(inputs)
+            return self._encode(check_text(inputs))
         if isinstance(inputs, (list, tuple)):
             for item in inputs:
                 if not isinstance(item, str):
@@ -151,7 +155,7 @@ class GemmaTokenizer:
                         "`tokenize` expects a string or a list of strings, got "
                         f"a {type(inputs).__name__} containing {type(item).__name__}."
                     )
-            return [self._encode(text) for text in inputs]
+            return [self._encode(check_text(text, f"Text {i}")) for i, text in enumerate(inputs)]
         raise TypeError(
             "`tokenize` expects a string or a list of strings, got "
             f"{type(inputs).__name__}."
@@ -247,17 +251,27 @@ class GemmaTokenizer:
         return "".join(text)
 
 
-def _load_processor(proto):
+def _load_processor(proto, source):
     processor = sentencepiece.SentencePieceProcessor()
     try:
         processor.LoadFromSerializedProto(proto)
-    except RuntimeError as error:
+    except (RuntimeError, UnicodeDecodeError) as error:  # the latter: its error text
+        detail = str(error).strip().splitlines()[-1] if str(error).strip() else ""
         raise ValueError(
-            f"Could not parse the given bytes as a SentencePiece model: {error}"
+            f"{source}: not a valid SentencePiece model ({detail}). The file "
+            "may be truncated or corrupt; get it again."
         ) from None
     # Empty bytes parse as an empty model instead of failing.
     if processor.get_piece_size() == 0:
-        raise ValueError("The SentencePiece model is empty (it has no pieces).")
+        raise ValueError(f"{source}: the SentencePiece model is empty (it has no pieces).")
+    # A corrupt piece would otherwise fail later, in the middle of decoding.
+    try:
+        processor.id_to_piece(list(range(processor.get_piece_size())))
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{source}: a piece of the SentencePiece model is not valid UTF-8 "
+            f"({error}); the file is corrupt."
+        ) from None
     return processor
 
 

@@ -18,6 +18,21 @@ def pytest_report_header(config):
     return f"keras backend: {keras.config.backend()}, keras {keras.__version__}"
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz suite's counts (tests/test_fuzz_readers.py), even under -n."""
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        for name, value in getattr(report, "user_properties", ())
+        if name == "fuzz_tally" and getattr(report, "when", "call") == "call"
+    ]
+    if lines:
+        terminalreporter.section("fuzzed readers")
+        for line in sorted(lines):
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)

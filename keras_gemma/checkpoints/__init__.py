@@ -6,7 +6,82 @@ keyword arguments) and numpy arrays keyed by our variable paths, e.g.
 place that copies them into a model.
 """
 
+import contextlib
+import math
+import numbers
+
 from keras_gemma import backend
+
+# Exceptions that a malformed file makes Python, numpy or h5py raise deep in
+# a reader; `file_errors` turns them into a ValueError naming the file.
+_MALFORMED = (
+    AttributeError, IndexError, KeyError, OverflowError, RuntimeError,
+    TypeError, ValueError, ZeroDivisionError, OSError,
+)
+
+
+@contextlib.contextmanager
+def file_errors(source, what="is malformed", catch=_MALFORMED):
+    """Re-raises errors caused by a malformed ``source`` as ValueErrors naming it.
+
+    A ValueError that already names ``source`` passes unchanged (keeping its
+    type, e.g. ``NotEnoughMemoryError``); so do ``FileNotFoundError`` and
+    ``MemoryError``. ``catch``: the exception types blamed on the file.
+    """
+    source = str(source)
+    try:
+        yield
+    except ValueError as error:
+        if source in str(error):
+            raise
+        raise _with_source(error, source) from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError, MemoryError):
+        raise
+    except catch as error:
+        detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise ValueError(
+            f"{source} {what} ({detail}). The file may be truncated, corrupt "
+            "or not from a Gemma checkpoint; get it again."
+        ) from None
+
+
+def _with_source(error, source):
+    try:
+        return type(error)(f"{source}: {error}")
+    except TypeError:  # an exception class with other constructor arguments
+        return ValueError(f"{source}: {error}")
+
+
+def check_config(config, source):
+    """Refuses config values of the wrong type before a backbone is built.
+
+    Each entry of ``CONFIG_DEFAULTS`` is checked against its default: a
+    bool must be a bool, a number a finite number >= 0, a None-default
+    number (a window, a soft cap, a scalar) a finite number > 0. Sizes are
+    checked by ``GemmaBackbone`` itself.
+    """
+    from keras_gemma.backbone import CONFIG_DEFAULTS
+
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: the config is a {type(config).__name__}, not a mapping.")
+    for name, default in CONFIG_DEFAULTS.items():
+        if name not in config or config[name] is None and default is None:
+            continue
+        value = config[name]
+        is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+            expected = "true or false"
+        elif isinstance(default, numbers.Real) or default is None and is_number:
+            ok = is_number and math.isfinite(value) and (
+                value >= 0 if default is not None else value > 0)
+            expected = "a finite number >= 0" if default is not None else "null or a number > 0"
+        else:
+            continue
+        if not ok:
+            raise ValueError(
+                f"{source}: `{name}` must be {expected}, got {value!r:.60}."
+            )
 
 
 def checkpoint_shapes(backbone):

@@ -22,10 +22,12 @@ def read_config(folder):
     """Our backbone kwargs from a transformers ``config.json``."""
     path = os.path.join(folder, "config.json")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             hf = json.load(f)
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not valid JSON ({error}).") from None
+    if not isinstance(hf, dict) or not isinstance(hf.get("text_config", {}), dict):
+        raise ValueError(f"{path}: not a transformers config (a JSON object).")
     model_type = hf.get("model_type")
     if model_type == "gemma3" and "text_config" in hf:
         hf = {**hf["text_config"], "model_type": "gemma3_text"}
@@ -196,7 +198,11 @@ def read_safetensors_header(path):
             header = json.loads(f.read(header_length))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ValueError(f"{path}: corrupt safetensors header.") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: corrupt safetensors header (not a JSON object).")
     header.pop("__metadata__", None)
+    for name, entry in header.items():
+        _check_entry(name, entry, path)
     end = max((t["data_offsets"][1] for t in header.values()), default=0)
     if 8 + header_length + end > size:
         raise ValueError(
@@ -204,6 +210,33 @@ def read_safetensors_header(path):
             f"file has {size} bytes; it is truncated. Download it again."
         )
     return header, 8 + header_length
+
+
+def _check_entry(name, entry, path):
+    """A header entry: dtype, shape, and offsets spanning exactly its bytes."""
+    def whole(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+            and isinstance(entry.get("shape"), list)
+            and isinstance(entry.get("data_offsets"), list)
+            and len(entry["data_offsets"]) == 2
+            and all(map(whole, entry["shape"] + entry["data_offsets"]))):
+        raise ValueError(
+            f"{path}: corrupt safetensors header: tensor '{name}' needs a "
+            f"dtype, a shape and two data offsets, got {entry!r:.120}."
+        )
+    begin, end = entry["data_offsets"]
+    dtype = _DTYPES.get(entry["dtype"])
+    if dtype is not None:
+        itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+        expected = itemsize * int(np.prod(entry["shape"], dtype=object))
+        if end - begin != expected:
+            raise ValueError(
+                f"{path}: corrupt safetensors header: tensor '{name}' of shape "
+                f"{entry['shape']} ({entry['dtype']}) needs {expected} bytes, "
+                f"but its offsets span {end - begin}."
+            )
 
 
 def _to_array(data, entry, name, path):

@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from keras_gemma.checkpoints import file_errors
+
 # keras-hub's layer names inside model.weights.h5, per decoder block.
 _BLOCK_LAYERS = {
     "pre_attention_norm/scale": "pre_attention_norm",
@@ -332,25 +334,28 @@ def read_weights(preset_dir, variable_shapes, family, progress=None):
         for name in files:
             try:
                 handles.append(h5py.File(name, "r"))
-            except OSError as error:
+            except (OSError, RuntimeError) as error:
                 raise ValueError(
                     f"{name}: not a readable HDF5 weights file ({error}). The "
                     "file may be truncated or corrupt; download it again."
                 ) from None
         for path, h5_path in _h5_paths(variable_shapes, family).items():
-            dataset = next((h[h5_path] for h in handles if h5_path in h), None)
-            if dataset is None:
-                raise ValueError(
-                    f"{files[0]}: no weights for layer '{path}' (looked for "
-                    f"'{h5_path}'). The weights do not match config.json."
-                )
-            try:
+            # A corrupt file makes h5py raise anything from OSError to
+            # RuntimeError and TypeError; each becomes a ValueError naming it.
+            with file_errors(files[0] if len(files) == 1 else preset_dir,
+                             f"could not be read at '{h5_path}'"):
+                dataset = next((h[h5_path] for h in handles if h5_path in h), None)
+                if dataset is None:
+                    raise ValueError(
+                        f"{files[0]}: no weights for layer '{path}' (looked for "
+                        f"'{h5_path}'). The weights do not match config.json."
+                    )
+                if not isinstance(dataset, h5py.Dataset):
+                    raise ValueError(
+                        f"{dataset.file.filename}: '{h5_path}' is not a dataset; "
+                        "the file is corrupt."
+                    )
                 array = _from_keras_hub(path, _read_dataset(dataset))
-            except OSError as error:
-                raise ValueError(
-                    f"{dataset.file.filename}: could not read '{h5_path}' "
-                    f"({error}); the file is truncated or corrupt."
-                ) from None
             yield path, array
             if progress is not None:
                 progress.update(1)
