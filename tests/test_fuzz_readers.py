@@ -267,3 +267,24 @@ def test_fuzz_preset_json(tmp_path, tiny_preset, kind, record_property):
     fuzz(f"preset JSON ({kind} {name})", original.encode(), config_path, load,
          seed={"keras-hub": 6, "huggingface": 7, "preprocessor": 8}[kind],
          record_property=record_property, mutator=json_or_bytes)
+
+
+@pytest.mark.parametrize("mutation", ["bytes", "values"])
+def test_fuzz_tokenizer_json(tmp_path, mutation, record_property):
+    """Gemma 4's tokenizer.json, rebuilt into a SentencePiece model."""
+    from keras_gemma.checkpoints.tokenizer_json import tokenizer_from_tokenizer_json
+
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(DATA / "gemma4_tokenizer", folder)
+    target = folder / "tokenizer.json"
+
+    def load(path):
+        tokenizer = tokenizer_from_tokenizer_json(path)
+        tokenizer.detokenize(tokenizer.tokenize("The quick brown fox"))
+
+    mutator = mutate if mutation == "bytes" else (
+        lambda data, rng: _mutate_json_value(data.decode(), rng)
+    )
+    fuzz(f"tokenizer.json ({mutation})", target.read_bytes(), target, load,
+         seed=5 if mutation == "bytes" else 6, record_property=record_property,
+         mutator=mutator)

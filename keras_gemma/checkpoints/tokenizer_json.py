@@ -68,9 +68,14 @@ def tokenizer_from_tokenizer_json(path_or_folder):
     used) and may list more special tokens, matched whole like the file's
     added tokens.
     """
+    from keras_gemma.checkpoints import file_errors
     from keras_gemma.tokenizer import GemmaTokenizer
 
-    return GemmaTokenizer(tokenizer_proto_from_json_file(path_or_folder))
+    path = find_tokenizer_json(path_or_folder)
+    # A field of the wrong type deep in the file fails as a TypeError or
+    # KeyError somewhere in the rebuild; the user needs to know which file.
+    with file_errors(path):
+        return GemmaTokenizer(tokenizer_proto_from_json_file(path))
 
 
 def tokenizer_proto_from_json_file(path_or_folder):
