@@ -25,17 +25,6 @@ FOLDER = DATA / "st_tiny_embedding_gemma"
 PRESET = pathlib.Path(__file__).resolve().parent.parent / "presets" / "embedding_gemma3_300m.json"
 TOLERANCE = 1e-4
 
-# Architecture keys of huggingface.co/google/embeddinggemma-300m's
-# config.json, with sentence-transformers' 2_Dense / 3_Dense configs
-# (768 -> 3072 -> 768, bias false, Identity) and max_seq_length 2048.
-PUBLISHED = dict(
-    vocab_size=262144, hidden_size=768, intermediate_size=1152,
-    num_hidden_layers=24, num_attention_heads=3, num_key_value_heads=1,
-    head_dim=256, max_position_embeddings=2048, query_pre_attn_scalar=256,
-    sliding_window=512, rms_norm_eps=1e-6, use_bidirectional_attention=True,
-    rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
-    sliding_window_pattern=6,
-)
 KERAS_HUB_PARAMETERS = 307_581_696  # keras-hub 0.32 gemma3_presets.py
 
 
@@ -56,29 +45,32 @@ def _texts(oracle):
 # -- the preset ------------------------------------------------------------------
 
 
-def test_preset_matches_published_config():
+def test_preset_matches_published_config(oracle):
+    """Against the architecture keys of huggingface.co/google/embeddinggemma-300m's
+    config.json, written out in the oracle script."""
+    published = json.loads(str(oracle["published_config"]))
     preset = json.loads(PRESET.read_text())
     assert preset["name"] == "embedding_gemma3_300m"
     assert preset["name"] in keras_gemma.list_presets()
     b = preset["backbone"]
     assert set(b) == set(REQUIRED_CONFIG) | set(CONFIG_DEFAULTS) | {
         "use_bidirectional_attention"}
-    assert b["vocabulary_size"] == PUBLISHED["vocab_size"]
-    assert b["hidden_dim"] == PUBLISHED["hidden_size"]
-    assert b["intermediate_dim"] == PUBLISHED["intermediate_size"]
-    assert b["num_layers"] == PUBLISHED["num_hidden_layers"]
-    assert b["num_query_heads"] == PUBLISHED["num_attention_heads"]
-    assert b["num_key_value_heads"] == PUBLISHED["num_key_value_heads"]
-    assert b["head_dim"] == PUBLISHED["head_dim"]
-    assert b["query_pre_attn_scalar"] == PUBLISHED["query_pre_attn_scalar"]
-    assert b["sliding_window_size"] == PUBLISHED["sliding_window"]
-    assert b["sliding_window_pattern"] == PUBLISHED["sliding_window_pattern"]
-    assert b["layer_norm_epsilon"] == PUBLISHED["rms_norm_eps"]
-    assert b["rope_max_wavelength"] == PUBLISHED["rope_theta"]
-    assert b["local_rope_max_wavelength"] == PUBLISHED["rope_local_base_freq"]
+    assert b["vocabulary_size"] == published["vocab_size"]
+    assert b["hidden_dim"] == published["hidden_size"]
+    assert b["intermediate_dim"] == published["intermediate_size"]
+    assert b["num_layers"] == published["num_hidden_layers"]
+    assert b["num_query_heads"] == published["num_attention_heads"]
+    assert b["num_key_value_heads"] == published["num_key_value_heads"]
+    assert b["head_dim"] == published["head_dim"]
+    assert b["query_pre_attn_scalar"] == published["query_pre_attn_scalar"]
+    assert b["sliding_window_size"] == published["sliding_window"]
+    assert b["sliding_window_pattern"] == published["sliding_window_pattern"]
+    assert b["layer_norm_epsilon"] == published["rms_norm_eps"]
+    assert b["rope_max_wavelength"] == published["rope_theta"]
+    assert b["local_rope_max_wavelength"] == published["rope_local_base_freq"]
     assert b["use_bidirectional_attention"] is True
     assert b["use_query_key_norm"] and b["use_post_attention_norm"]
-    assert preset["sequence_length"] == PUBLISHED["max_position_embeddings"]
+    assert preset["sequence_length"] == published["max_position_embeddings"]
     e = preset["embedder"]
     assert e["projection_dims"] == [3072, 768]
     assert e["projection_use_bias"] is False and e["normalize"] is True

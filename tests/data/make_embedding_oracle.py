@@ -51,7 +51,7 @@ PUBLISHED = dict(
     head_dim=256, max_position_embeddings=2048, query_pre_attn_scalar=256,
     sliding_window=512, rms_norm_eps=1e-6, use_bidirectional_attention=True,
     rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
-    hidden_activation="gelu_pytorch_tanh",
+    hidden_activation="gelu_pytorch_tanh", sliding_window_pattern=6,
 )
 PUBLISHED_DENSE = [(768, 3072), (3072, 768)]
 
@@ -148,6 +148,7 @@ def main():
                                      normalize_embeddings=True, batch_size=8),
     }
     text, projections = published_parameter_count()
+    outputs["published_config"] = np.array(json.dumps(PUBLISHED))
     outputs["published_text_parameters"] = np.array(text)
     outputs["published_projection_parameters"] = np.array(projections)
     out = DATA / "embedding_oracle.npz"
