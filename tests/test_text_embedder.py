@@ -118,6 +118,13 @@ def test_folder_settings(embedder):
     assert embedder.backbone.use_bidirectional_attention
 
 
+def test_long_texts_are_cut_as_sentence_transformers_does(embedder, oracle):
+    prompt = embedder.prompts["query"]
+    rows = embedder.tokenize([prompt + t for t in _texts(oracle)])
+    assert max(len(r) for r in rows) == embedder.sequence_length == 48
+    assert rows[1][-1] == embedder.tokenizer.eos_token_id
+
+
 def test_token_ids_match_sentence_transformers(embedder, oracle):
     rows = embedder.tokenize(_texts(oracle))
     for row, ids, mask in zip(rows, oracle["token_ids"], oracle["padding_mask"]):
@@ -279,3 +286,73 @@ def test_bidirectional_backbone_cannot_generate(embedder):
     with pytest.raises(ValueError, match="cannot generate"):
         lm.generate({"token_ids": np.array([[2, 17, 0, 0]]),
                      "padding_mask": np.array([[1, 1, 0, 0]])}, max_length=4)
+
+
+# -- folder variants ------------------------------------------------------------------
+
+
+def _copy_folder(tmp_path):
+    import shutil
+
+    target = tmp_path / "embedder"
+    shutil.copytree(FOLDER, target)
+    return target
+
+
+def _write(path, content):
+    path.write_text(json.dumps(content))
+
+
+def test_sentence_transformers_5_layout(tmp_path, oracle):
+    """The published folder was written by sentence-transformers 5: other
+    module paths, pooling flags, max_seq_length, tokenizer flags."""
+    folder = _copy_folder(tmp_path)
+    modules = json.loads((folder / "modules.json").read_text())
+    for module, kind in zip(modules, ["Transformer", "Pooling", "Dense", "Dense", "Normalize"]):
+        module["type"] = f"sentence_transformers.models.{kind}"
+    _write(folder / "modules.json", modules)
+    _write(folder / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": 32, "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False,
+        "include_prompt": True})
+    # 48, as the oracle's tokenizer: the longest prompted text is cut.
+    _write(folder / "sentence_bert_config.json", {"max_seq_length": 48, "do_lower_case": False})
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    _write(folder / "tokenizer_config.json",
+           {**tokenizer_config, "add_bos_token": True, "add_eos_token": True})
+    (folder / "tokenizer.json").unlink()
+    embedder = GemmaTextEmbedder.from_preset(str(folder))
+    assert embedder.sequence_length == 48
+    np.testing.assert_allclose(
+        embedder.embed(_texts(oracle), task="query"), oracle["query"], atol=TOLERANCE)
+
+
+def test_unsupported_pipelines(tmp_path):
+    folder = _copy_folder(tmp_path)
+    _write(folder / "1_Pooling" / "config.json", {"embedding_dimension": 32, "pooling_mode": "cls"})
+    with pytest.raises(ValueError, match="pooling 'cls' is not supported"):
+        GemmaTextEmbedder.from_preset(str(folder))
+    folder = _copy_folder(tmp_path / "second")
+    dense = json.loads((folder / "2_Dense" / "config.json").read_text())
+    _write(folder / "2_Dense" / "config.json",
+           {**dense, "activation_function": "torch.nn.modules.activation.ReLU"})
+    with pytest.raises(ValueError, match="activation .*ReLU.* not supported"):
+        GemmaTextEmbedder.from_preset(str(folder))
+    (folder / "2_Dense" / "model.safetensors").unlink()
+    _write(folder / "2_Dense" / "config.json", dense)
+    with pytest.raises(FileNotFoundError, match="2_Dense: model.safetensors is missing"):
+        GemmaTextEmbedder.from_preset(str(folder))
+
+
+def test_keras_hub_embedding_preset_is_refused(tmp_path):
+    folder = tmp_path / "keras_hub_embedding"
+    folder.mkdir()
+    _write(folder / "config.json", {
+        "class_name": "Gemma3Backbone", "registered_name": "keras_hub>Gemma3Backbone",
+        "config": {"is_embedding_model": True}})
+    (folder / "model.weights.h5").write_bytes(b"")
+    for load in (GemmaTextEmbedder.from_preset, keras_gemma.GemmaCausalLM.from_preset):
+        with pytest.raises(ValueError, match="keras-hub EmbeddingGemma preset.*Hugging Face"):
+            load(str(folder))
