@@ -184,11 +184,12 @@ class GemmaTextEmbedder(keras.Model):
 
     def call(self, inputs, training=False):
         """``{"token_ids", "padding_mask"}`` (batch, time) -> (batch, dim)."""
-        hidden = self.backbone(inputs, training=training)
-        mask = ops.cast(inputs["padding_mask"], hidden.dtype)[:, :, None]
+        # Pooled in float32: a bfloat16 sum over 2048 tokens loses digits.
+        hidden = ops.cast(self.backbone(inputs, training=training), "float32")
+        mask = ops.cast(inputs["padding_mask"], "float32")[:, :, None]
         # Mean over the real tokens, as sentence-transformers' Pooling.
         total = ops.sum(hidden * mask, axis=1)
-        count = ops.maximum(ops.sum(mask, axis=1), ops.cast(1e-9, mask.dtype))
+        count = ops.maximum(ops.sum(mask, axis=1), 1e-9)
         x = total / count
         for layer in self.projections:
             x = layer(x)

@@ -153,6 +153,10 @@ def test_batch_padding_does_not_change_embeddings(embedder, oracle):
     np.testing.assert_allclose(in_pairs, oracle["plain"], atol=TOLERANCE)
 
 
+def test_no_texts_give_an_empty_array(embedder):
+    assert embedder.embed([], dim=8).shape == (0, 8)
+
+
 def test_matryoshka_is_truncate_then_normalize(embedder, oracle):
     texts = _texts(oracle)
     full = embedder.embed(texts)
@@ -356,3 +360,11 @@ def test_keras_hub_embedding_preset_is_refused(tmp_path):
     for load in (GemmaTextEmbedder.from_preset, keras_gemma.GemmaCausalLM.from_preset):
         with pytest.raises(ValueError, match="keras-hub EmbeddingGemma preset.*Hugging Face"):
             load(str(folder))
+
+
+def test_bfloat16_embeddings_are_close(oracle):
+    embedder = GemmaTextEmbedder.from_preset(str(FOLDER), dtype="bfloat16")
+    embeddings = embedder.embed(_texts(oracle))
+    assert embeddings.dtype == np.float32
+    cosine = np.sum(embeddings * oracle["plain"], axis=1)
+    assert cosine.min() > 0.99
