@@ -67,6 +67,7 @@ _EXPORTS = {
     "GemmaBackbone": "keras_gemma.backbone",
     "GemmaCausalLM": "keras_gemma.causal_lm",
     "GemmaCausalLMPreprocessor": "keras_gemma.preprocessor",
+    "GemmaTextEmbedder": "keras_gemma.text_embedder",
     "GemmaTokenizer": "keras_gemma.tokenizer",
     "LoRACheckpoint": "keras_gemma.lora",
     "chat_template": "keras_gemma.chat",

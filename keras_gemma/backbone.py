@@ -62,6 +62,9 @@ CONFIG_DEFAULTS = {
     "rope_scaling_factor": 1.0,
     "local_rope_max_wavelength": None,
 }
+# Switches of one model only, left out of configs (and preset files) while
+# they keep their default. EmbeddingGemma: see keras_gemma/text_embedder.py.
+OPTIONAL_CONFIG = {"use_bidirectional_attention": False}
 REQUIRED_CONFIG = (
     "vocabulary_size",
     "num_layers",
@@ -105,6 +108,10 @@ class GemmaBackbone(keras.Model):
         rope_scaling_factor: positions of global layers are divided by it.
         local_rope_max_wavelength: RoPE base of local layers; defaults to
             ``rope_max_wavelength``.
+        use_bidirectional_attention: EmbeddingGemma's encoder: no causal
+            mask; global layers see every real token and local layers the
+            keys within ``sliding_window_size // 2`` positions either side
+            (as transformers' Gemma 3 with the same switch). No cache.
         dtype: a Keras dtype policy, e.g. ``"float32"``, ``"bfloat16"`` or
             ``"mixed_bfloat16"``.
 
@@ -149,6 +156,7 @@ class GemmaBackbone(keras.Model):
         rope_max_wavelength=10_000.0,
         rope_scaling_factor=1.0,
         local_rope_max_wavelength=None,
+        use_bidirectional_attention=False,
         dtype=None,
         **kwargs,
     ):
@@ -173,6 +181,7 @@ class GemmaBackbone(keras.Model):
         self.rope_max_wavelength = rope_max_wavelength
         self.rope_scaling_factor = rope_scaling_factor
         self.local_rope_max_wavelength = local_rope_max_wavelength
+        self.use_bidirectional_attention = use_bidirectional_attention
         _validate_config(self._config())
         memory.check_backbone(self)  # before any weight exists
         self.lora_config = None  # set by enable_lora
@@ -263,13 +272,24 @@ class GemmaBackbone(keras.Model):
         )
         key_positions = ops.arange(key_length, dtype="int32")
         distance = query_positions[:, None] - key_positions[None, :]
+        window = self.sliding_window_size
+        if self.use_bidirectional_attention and cache is not None:
+            raise ValueError(
+                "This backbone has bidirectional attention (an embedding "
+                "model such as EmbeddingGemma): it cannot generate text. Use "
+                "keras_gemma.GemmaTextEmbedder to embed texts."
+            )
+        if self.use_bidirectional_attention:
+            # transformers' Gemma 3: |distance| < window // 2 + 1 locally.
+            distance = ops.abs(distance)
+            window = None if window is None else window // 2 + 1
         global_mask = ops.expand_dims(distance >= 0, 0)
         if padding_mask is not None:
             padding_mask = ops.cast(padding_mask, "bool")[:, None, :]
             global_mask = ops.logical_and(global_mask, padding_mask)
         local_mask = global_mask
-        if self.sliding_window_size is not None:
-            in_window = ops.expand_dims(distance < self.sliding_window_size, 0)
+        if window is not None:
+            in_window = ops.expand_dims(distance < window, 0)
             local_mask = ops.logical_and(global_mask, in_window)
 
         global_rotary = rotary_cos_sin(
@@ -326,10 +346,14 @@ class GemmaBackbone(keras.Model):
     # -- config ------------------------------------------------------------
 
     def _config(self):
-        return {
+        config = {
             name: getattr(self, name)
             for name in (*REQUIRED_CONFIG, *CONFIG_DEFAULTS)
         }
+        for name, default in OPTIONAL_CONFIG.items():
+            if getattr(self, name) != default:
+                config[name] = getattr(self, name)
+        return config
 
     def get_config(self):
         return {

@@ -235,6 +235,15 @@ class _Checkpoint:
                 serialized = json.loads(path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 raise ValueError(f"{path}: not valid JSON ({error}).") from None
+            inner = serialized.get("config") if isinstance(serialized, dict) else None
+            # keras-hub's EmbeddingGemma preset (Kaggle) is not read.
+            if isinstance(inner, dict) and inner.get("is_embedding_model"):
+                raise ValueError(
+                    f"{path}: a keras-hub EmbeddingGemma preset; keras_gemma "
+                    "reads EmbeddingGemma from its Hugging Face folder "
+                    "(hf://google/embeddinggemma-300m) with "
+                    "GemmaTextEmbedder.from_preset."
+                )
             with file_errors(path):
                 self.config = keras_hub_format.config_from_keras_hub(serialized, path)
                 self.stored_dtype = keras_hub_format.stored_dtype(serialized)
@@ -446,7 +455,9 @@ def load_causal_lm(preset, load_weights=True, dtype=None, sequence_length=None, 
     from keras_gemma.causal_lm import GemmaCausalLM
     from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
 
+    _refuse_embedder_name(preset)
     checkpoint = _Checkpoint(preset, need_weights=load_weights, need_files=True)
+    _refuse_embedder_checkpoint(checkpoint)
     backbone = _build_backbone(checkpoint, load_weights, dtype, quantize)
     preprocessor = GemmaCausalLMPreprocessor(
         checkpoint.tokenizer(),
@@ -455,6 +466,89 @@ def load_causal_lm(preset, load_weights=True, dtype=None, sequence_length=None, 
     model = GemmaCausalLM(backbone=backbone, preprocessor=preprocessor)
     model.context_length = checkpoint.context_length()
     return model
+
+
+# -- text embedders (EmbeddingGemma) --------------------------------------------
+
+
+def _embedder_message(what):
+    return (
+        f"{what} is a text embedding model (EmbeddingGemma: bidirectional "
+        "attention, no language-model head); it cannot generate text. Load it "
+        "with keras_gemma.GemmaTextEmbedder.from_preset(...) and call .embed()."
+    )
+
+
+def _refuse_embedder_name(preset):
+    if isinstance(preset, str) and preset in _registry() and "embedder" in preset_info(preset):
+        raise ValueError(_embedder_message(f"The preset '{preset}'"))
+
+
+def _refuse_embedder_checkpoint(checkpoint):
+    if checkpoint.config.get("use_bidirectional_attention"):
+        where = checkpoint.source.path if checkpoint.source else checkpoint.name
+        raise ValueError(_embedder_message(f"{where}"))
+
+
+def load_text_embedder(preset, load_weights=True, dtype=None, **kwargs):
+    """A ``GemmaTextEmbedder`` from a preset name or a sentence-transformers
+    folder; ``kwargs`` override what the folder says (e.g. ``sequence_length``)."""
+    from itertools import chain
+
+    from keras_gemma.backbone import GemmaBackbone
+    from keras_gemma.backbone import skip_weight_initialization
+    from keras_gemma.checkpoints import assign_weights
+    from keras_gemma.checkpoints import sentence_transformers as st
+    from keras_gemma.text_embedder import GemmaTextEmbedder
+
+    not_embedder = (
+        "{what} is not a text embedding model: {why}. It looks like a causal "
+        "language model; load it with keras_gemma.GemmaCausalLM.from_preset. "
+        "GemmaTextEmbedder reads EmbeddingGemma's sentence-transformers folder "
+        "(config.json with use_bidirectional_attention, modules.json, "
+        "1_Pooling/, 2_Dense/, 3_Dense/ ...)."
+    )
+    if isinstance(preset, str) and preset in _registry():
+        info = preset_info(preset)
+        if "embedder" not in info:
+            raise ValueError(not_embedder.format(
+                what=f"The preset '{preset}'", why="its JSON has no 'embedder' section"))
+    checkpoint = _Checkpoint(preset, need_weights=load_weights)
+    source = checkpoint.source
+    if source is None:  # a preset name, architecture only
+        settings = dict(info["embedder"], sequence_length=info["sequence_length"])
+        dense_folders = []
+    elif source.kind != "huggingface":
+        raise ValueError(
+            f"{source.path}: GemmaTextEmbedder loads EmbeddingGemma from its "
+            "Hugging Face / sentence-transformers folder only (not a "
+            f"{source.kind} checkpoint). For a causal language model use "
+            "GemmaCausalLM.from_preset."
+        )
+    elif not st.is_sentence_transformers_folder(source.path):
+        raise ValueError(not_embedder.format(
+            what=str(source.path), why="it has no sentence-transformers modules.json"))
+    else:
+        settings = st.read_pipeline(source.path)
+        dense_folders = settings.pop("dense_folders")
+    if not checkpoint.config.get("use_bidirectional_attention"):
+        raise ValueError(not_embedder.format(
+            what=str(source.path if source else preset),
+            why="its config does not use bidirectional attention"))
+    settings.update(kwargs)
+    initialization = skip_weight_initialization() if load_weights else contextlib.nullcontext()
+    with initialization:
+        backbone = GemmaBackbone(**checkpoint.config, dtype=dtype or checkpoint.stored_dtype)
+    tokenizer = checkpoint.tokenizer() if source is not None else None
+    embedder = GemmaTextEmbedder(backbone, tokenizer=tokenizer, **settings)
+    if load_weights:
+        weights = chain(checkpoint.weights(backbone), st.read_projection_weights(dense_folders))
+        assign_weights(
+            embedder,
+            _progress(weights, len(embedder.weights), "Loading weights"),
+            str(source.path),
+        )
+    return embedder
 
 
 # -- saving --------------------------------------------------------------------

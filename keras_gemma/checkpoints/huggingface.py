@@ -66,6 +66,8 @@ def read_config(folder):
     )
     config["sliding_window_pattern"] = _sliding_window_pattern(hf, model_type, path)
     config.update(_rope(hf, model_type))
+    if hf.get("use_bidirectional_attention") is True:  # EmbeddingGemma
+        config["use_bidirectional_attention"] = True
     return config
 
 
@@ -127,14 +129,16 @@ _LAYER_NAMES = {
     "mlp.up_proj.weight": "feedforward_up/kernel",
     "mlp.down_proj.weight": "feedforward_down/kernel",
 }
-_LAYER_PATTERN = re.compile(r"^(?:language_model\.)?model\.layers\.(\d+)\.(.+)$")
+# A bare Gemma3TextModel (EmbeddingGemma) saves its names without "model.".
+_LAYER_PATTERN = re.compile(r"^(?:language_model\.)?(?:model\.)?layers\.(\d+)\.(.+)$")
 
 
 def our_name(hf_name, config):
     """Our variable path for a transformers tensor name, or None to skip."""
-    if hf_name in ("model.embed_tokens.weight", "language_model.model.embed_tokens.weight"):
+    if hf_name in ("model.embed_tokens.weight", "language_model.model.embed_tokens.weight",
+                   "embed_tokens.weight"):
         return "token_embedding/embeddings"
-    if hf_name in ("model.norm.weight", "language_model.model.norm.weight"):
+    if hf_name in ("model.norm.weight", "language_model.model.norm.weight", "norm.weight"):
         return "final_norm/scale"
     if hf_name.endswith("lm_head.weight"):
         return None  # tied to the embedding
