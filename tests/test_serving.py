@@ -198,6 +198,24 @@ PROMPTS = [
 ]
 
 
+# -- the command line ----------------------------------------------------------------
+
+
+def test_serve_help_and_usage_errors():
+    """Answered before Keras is imported: a fraction of a second each."""
+    result = subprocess.run([str(CLI), "serve", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "keras-gemma serve --preset" in result.stdout
+    assert "127.0.0.1" in result.stdout
+    for args, fragment in ((["--port", "70000"], "at most 65535"),
+                           (["--max-batch", "0"], "at least 1"),
+                           (["--drain-timeout", "soon"], "expected a number")):
+        result = subprocess.run([str(CLI), "serve", *args], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 2 and fragment in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
 # -- the API, one request at a time ------------------------------------------------
 
 
@@ -543,6 +561,24 @@ def test_seeded_sampling_matches_generate_with_that_sampler(gemma3, scheduler):
                                            seed=seed), (sampler, seed)
     finally:
         gemma3.compile(sampler="greedy")
+
+
+def test_python_api_app_in_process(gemma3, scheduler):
+    """``create_app`` over a running Scheduler, called through Starlette's
+    test client: the Python API without a subprocess."""
+    from fastapi.testclient import TestClient
+
+    from keras_gemma import serving
+
+    with TestClient(serving.create_app(scheduler, "tiny3", api_key="k")) as http:
+        assert http.get("/health").json()["slots"] == 3
+        assert http.get("/v1/models").status_code == 401
+        response = http.post("/v1/completions", headers={"Authorization": "Bearer k"},
+                             json={"model": "tiny3", "prompt": PROMPTS[1], "max_tokens": 7,
+                                   "temperature": 0})
+    total = len(prompt_ids(gemma3, PROMPTS[1])) + 7
+    assert response.json()["choices"][0]["text"] == gemma3.generate(
+        PROMPTS[1], max_length=total, strip_prompt=True)
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="eager PyTorch compiles nothing")
