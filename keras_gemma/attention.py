@@ -117,7 +117,14 @@ class GemmaAttention(keras.layers.Layer):
         query = apply_rotary(query, rotary_cos, rotary_sin)
         key = apply_rotary(key, rotary_cos, rotary_sin)
 
-        if cache is not None:
+        if cache is not None and len(getattr(cache_update_index, "shape", ())) == 2:
+            # Per-row positions (batch, time), see compute_hidden_states.
+            cache = tuple(
+                _write_rows(c, cache_update_index, new)
+                for c, new in zip(cache, (key, value))
+            )
+            key, value = (ops.cast(c, self.compute_dtype) for c in cache)
+        elif cache is not None:
             key_cache, value_cache = cache
             start = [0, cache_update_index, 0, 0]
             key = ops.slice_update(key_cache, start, ops.cast(key, key_cache.dtype))
@@ -170,3 +177,13 @@ class GemmaAttention(keras.layers.Layer):
             "use_query_key_norm": self.use_query_key_norm,
             "dropout": self.dropout,
         }
+
+
+def _write_rows(cache, positions, new):
+    """``cache`` (batch, keys, heads, dim) with row b's ``new`` (batch, time,
+    heads, dim) written at keys ``positions[b]`` (batch, time)."""
+    batch, time = ops.shape(positions)[0], ops.shape(positions)[1]
+    rows = ops.repeat(ops.arange(batch, dtype="int32"), time)
+    indices = ops.stack([rows, ops.reshape(positions, (-1,))], axis=1)
+    updates = ops.reshape(ops.cast(new, cache.dtype), (batch * time, *cache.shape[2:]))
+    return ops.scatter_update(cache, indices, updates)

@@ -256,6 +256,7 @@ class GemmaBackbone(keras.Model):
         cache=None,
         cache_update_index=0,
         training=False,
+        positions=None,
     ):
         """Runs the transformer, optionally reading and writing a cache.
 
@@ -264,6 +265,12 @@ class GemmaBackbone(keras.Model):
         cache holds before them; the updated cache is returned. Without it,
         the tokens are positions ``0 ... time - 1``. ``padding_mask`` marks
         the keys that may be attended to (batch, keys).
+
+        ``positions`` (int, batch x time), with a cache, puts each row at its
+        own positions instead (rows of one batch at different points of
+        their sequences, as in continuous batching): row ``b`` writes its
+        keys and values at ``positions[b]`` and attends to the cache
+        positions up to them; ``cache_update_index`` is then unused.
         """
         time = ops.shape(token_ids)[1]
         key_length = time if cache is None else ops.shape(cache[0][0])[1]
@@ -304,6 +311,12 @@ class GemmaBackbone(keras.Model):
             self.local_rope_max_wavelength or self.rope_max_wavelength,
         )
 
+        if positions is not None:
+            global_mask, local_mask, global_rotary, local_rotary = (
+                self._per_row_masks_and_rotary(positions, key_length, padding_mask)
+            )
+            cache_update_index = ops.cast(positions, "int32")  # per row, see attention
+
         x = self.token_embedding(token_ids)
         x = x * ops.cast(math.sqrt(self.hidden_dim), x.dtype)
         new_cache = []
@@ -324,6 +337,33 @@ class GemmaBackbone(keras.Model):
                 new_cache.append(layer_cache)
         x = self.final_norm(x)
         return x, (new_cache if cache is not None else None)
+
+    def _per_row_masks_and_rotary(self, positions, key_length, padding_mask):
+        """``compute_hidden_states``' masks and RoPE tables for per-row positions."""
+        positions = ops.cast(positions, "int32")  # (batch, time)
+        batch, time = ops.shape(positions)[0], ops.shape(positions)[1]
+        distance = positions[:, :, None] - ops.arange(key_length, dtype="int32")
+        global_mask = distance >= 0
+        if padding_mask is not None:
+            global_mask = ops.logical_and(
+                global_mask, ops.cast(padding_mask, "bool")[:, None, :]
+            )
+        local_mask = global_mask
+        if self.sliding_window_size is not None:
+            local_mask = ops.logical_and(global_mask, distance < self.sliding_window_size)
+        flat = ops.reshape(positions, (-1,))
+        wavelengths = (
+            (self.rope_max_wavelength, self.rope_scaling_factor),
+            (self.local_rope_max_wavelength or self.rope_max_wavelength, 1.0),
+        )
+        global_rotary, local_rotary = (
+            tuple(
+                ops.reshape(table, (batch, time, self.head_dim))
+                for table in rotary_cos_sin(flat, self.head_dim, wavelength, scaling)
+            )
+            for wavelength, scaling in wavelengths
+        )
+        return global_mask, local_mask, global_rotary, local_rotary
 
     def compute_logits(self, hidden_states):
         """Projects hidden states to float32 vocabulary logits."""

@@ -5,6 +5,7 @@
     keras-gemma convert gemma-3-270m.gguf my_presets/gemma3_270m --dtype bfloat16
     keras-gemma finetune --preset gemma3_270m --data train.jsonl --out my_adapter
     keras-gemma presets
+    keras-gemma serve --preset gemma3_instruct_270m --port 8000
 
 Conventions shared by every subcommand:
 
@@ -76,6 +77,17 @@ def _probability(text):
     value = _positive_float(text)
     if value > 1:
         raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
+def _count(text):
+    return 0 if text.strip() == "0" else _positive_int(text)
+
+
+def _port(text):
+    value = _count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be at most 65535, got {value}")
     return value
 
 
@@ -238,6 +250,44 @@ def _parser():
                           help="makes the adapter initialization and shuffling "
                           "reproducible")
 
+    serve = command(
+        "serve", "an OpenAI-compatible HTTP server with continuous batching",
+        "Serve a model over HTTP with the OpenAI API (GET /v1/models, POST "
+        "/v1/completions and /v1/chat/completions, streaming included; GET "
+        "/health), so any OpenAI client can use it. Up to --max-batch requests "
+        "are decoded together; new ones join between decode steps. Listens on "
+        "127.0.0.1 only unless --host says otherwise. SIGTERM (or Ctrl-C) stops "
+        "taking requests, lets those in flight finish (at most --drain-timeout "
+        "seconds) and exits 0. One line per request goes to stderr. Needs "
+        'the serve extra: pip install "keras-gemma[serve]".',
+        "examples:\n"
+        "  keras-gemma serve --preset gemma3_instruct_270m --port 8000\n"
+        "  KERAS_GEMMA_API_KEY=secret keras-gemma serve --host 0.0.0.0 --max-batch 8 "
+        "--quantize int8",
+    )
+    _add_model_arguments(serve)
+    serve.add_argument("--adapter", metavar="FILE", help="a LoRA adapter (.lora.h5) to apply")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=_port, default=8000,
+                       help="port to listen on; 0 picks a free one (default: 8000)")
+    serve.add_argument("--api-key", default=os.environ.get("KERAS_GEMMA_API_KEY"),
+                       help="require `Authorization: Bearer KEY` (default: "
+                       "$KERAS_GEMMA_API_KEY; none: no key needed)")
+    serve.add_argument("--max-batch", type=_positive_int, default=16,
+                       help="requests decoded together (default: 16)")
+    serve.add_argument("--max-queue", type=_count, default=None,
+                       help="requests that may wait for a batch slot; more get 429 "
+                       "(default: 4 x --max-batch)")
+    serve.add_argument("--context-length", type=_positive_int, default=None,
+                       help="most tokens of one request, prompt included (default: "
+                       "the preset's sequence length)")
+    serve.add_argument("--model-name", default=None,
+                       help="the model id clients send (default: the preset's name)")
+    serve.add_argument("--drain-timeout", type=_positive_float, default=30.0,
+                       help="seconds requests in flight get to finish after SIGTERM "
+                       "(default: 30)")
+
     presets = command(
         "presets", "list the known presets",
         "List the known presets: family, size, whether instruction-tuned, and "
@@ -266,7 +316,7 @@ def main(argv=None):
         )
     run = {
         "generate": _generate, "chat": _chat, "convert": _convert,
-        "finetune": _finetune, "presets": _presets,
+        "finetune": _finetune, "presets": _presets, "serve": _serve,
     }[args.command]
     try:
         return run(args)
@@ -787,6 +837,21 @@ def _progress_callback(keras, epochs, steps):
                 self.bar = None
 
     return EpochProgress()
+
+
+# -- serve ----------------------------------------------------------------------
+
+
+def _serve(args):
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise CliError(f'serve needs FastAPI and uvicorn ({error}): pip install '
+                       '"keras-gemma[serve]"') from None
+    from keras_gemma.serving.command import run
+
+    return run(args, _load_model(args, sampler=False))
 
 
 # -- presets --------------------------------------------------------------------

@@ -24,9 +24,15 @@ def rotary_cos_sin(positions, head_dim, max_wavelength, scaling_factor=1.0):
 
 
 def apply_rotary(x, cos, sin):
-    """Rotates ``x`` of shape ``(batch, time, heads, head_dim)``."""
-    cos = ops.cast(cos[None, :, None, :], x.dtype)
-    sin = ops.cast(sin[None, :, None, :], x.dtype)
+    """Rotates ``x`` of shape ``(batch, time, heads, head_dim)``.
+
+    ``cos`` and ``sin`` are (time, head_dim), or (batch, time, head_dim)
+    when each row has its own positions.
+    """
+    if len(cos.shape) == 2:
+        cos, sin = cos[None], sin[None]
+    cos = ops.cast(cos[:, :, None, :], x.dtype)
+    sin = ops.cast(sin[:, :, None, :], x.dtype)
     first_half, second_half = ops.split(x, 2, axis=-1)
     rotated = ops.concatenate([-second_half, first_half], axis=-1)
     return x * cos + rotated * sin
