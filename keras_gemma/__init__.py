@@ -70,6 +70,7 @@ _EXPORTS = {
     "GemmaTokenizer": "keras_gemma.tokenizer",
     "LoRACheckpoint": "keras_gemma.lora",
     "chat_template": "keras_gemma.chat",
+    "code_infill": "keras_gemma.fim",
     "convert": "keras_gemma.preset_io",
     "list_presets": "keras_gemma.preset_io",
     "preset_info": "keras_gemma.preset_io",
