@@ -71,6 +71,8 @@ _EXPORTS = {
     "LoRACheckpoint": "keras_gemma.lora",
     "chat_template": "keras_gemma.chat",
     "code_infill": "keras_gemma.fim",
+    "function_calling_prompt": "keras_gemma.function_calling",
+    "parse_function_calls": "keras_gemma.function_calling",
     "convert": "keras_gemma.preset_io",
     "list_presets": "keras_gemma.preset_io",
     "preset_info": "keras_gemma.preset_io",

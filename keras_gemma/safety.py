@@ -330,12 +330,15 @@ class SafetyGuard:
         """``model.generate(prompt, **kwargs)`` for one prompt, guarded."""
         if not isinstance(prompt, str):
             raise TypeError("SafetyGuard.generate() takes one prompt string.")
-        refused = self.check(prompt)
+        return self._guarded_generate(model, prompt, prompt, kwargs)
+
+    def _guarded_generate(self, model, model_prompt, user_text, kwargs):
+        refused = self.check(user_text)
         if refused is not None:
             return refused
         kwargs["strip_prompt"] = True
-        answer = model.generate(prompt, **kwargs)
-        refused = self.check(prompt, answer)
+        answer = model.generate(model_prompt, **kwargs)
+        refused = self.check(user_text, answer)
         return answer if refused is None else refused
 
     def stream(self, model, prompt, **kwargs):
@@ -358,15 +361,8 @@ class SafetyGuard:
         with the last user message and the answer checked."""
         from keras_gemma.chat import chat_template
 
-        user_text = messages[-1]["content"] if messages else ""
-        prompt = chat_template(messages)
-        refused = self.check(user_text)
-        if refused is not None:
-            return refused
-        kwargs["strip_prompt"] = True
-        answer = model.generate(prompt, **kwargs)
-        refused = self.check(user_text, answer)
-        return answer if refused is None else refused
+        prompt = chat_template(messages)  # validates the conversation
+        return self._guarded_generate(model, prompt, messages[-1]["content"], kwargs)
 
 
 def classify_report(model, user_prompt, policies=None, response=None, threshold=0.5):

@@ -325,3 +325,121 @@ def test_generate_infill_suffix(capsys):
     status, out, err = _cli(["generate", "a", "--infill-suffix", "b",
                              "--preset", str(DATA / "hf_tiny_gemma")], capsys)
     assert status == 1 and "no <|fim_prefix|> token" in err
+
+
+# -- FunctionGemma ----------------------------------------------------------------
+
+from keras_gemma import function_calling as fc  # noqa: E402
+
+# The FunctionGemma model card's example tool and answer.
+CARD_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_current_temperature",
+        "description": "Gets the current temperature for a given location.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "location": {
+                    "type": "string",
+                    "description": "The city name, e.g. San Francisco",
+                },
+            },
+            "required": ["location"],
+        },
+    },
+}
+CARD_MESSAGES = [
+    {"role": "developer", "content": fc.DEVELOPER_PROMPT},
+    {"role": "user", "content": "What's the temperature in London?"},
+]
+CARD_ANSWER = (
+    "<start_function_call>call:get_current_temperature{location:<escape>London"
+    "<escape>}<end_function_call>"
+)
+# FunctionGemma's chat template as rendered by llama.cpp for a get_weather
+# tool (a public test pinned against llama.cpp's rendering and tokenization).
+RENDERED_GET_WEATHER = (
+    "<start_of_turn>developer\n"
+    "You are a model that can do function calling with the following functions"
+    "<start_function_declaration>declaration:get_weather{description:<escape>Get current "
+    "weather for a location<escape>,parameters:{properties:{location:{description:<escape>"
+    "City name<escape>,type:<escape>STRING<escape>}},required:[<escape>location<escape>],"
+    "type:<escape>OBJECT<escape>}}<end_function_declaration><end_of_turn>\n"
+    "<start_of_turn>user\nWhat's the weather in Paris?<end_of_turn>\n<start_of_turn>model\n"
+)
+
+
+def test_function_calling_prompt_matches_rendered_template():
+    tool = {"name": "get_weather", "description": "Get current weather for a location",
+            "parameters": {"type": "object", "required": ["location"], "properties": {
+                "location": {"type": "string", "description": "City name"}}}}
+    messages = [{"role": "user", "content": "What's the weather in Paris?"}]
+    assert fc.function_calling_prompt(messages, [tool]) == RENDERED_GET_WEATHER
+    # The developer sentence written out gives the same prompt.
+    with_developer = [{"role": "developer", "content": fc.DEVELOPER_PROMPT}] + messages
+    assert fc.function_calling_prompt(with_developer, [tool]) == RENDERED_GET_WEATHER
+
+
+def test_card_example_declaration_and_call():
+    prompt = fc.function_calling_prompt(CARD_MESSAGES, [CARD_TOOL])
+    assert (
+        "<start_function_declaration>declaration:get_current_temperature{description:"
+        "<escape>Gets the current temperature for a given location.<escape>,parameters:"
+        "{properties:{location:{description:<escape>The city name, e.g. San Francisco"
+        "<escape>,type:<escape>STRING<escape>}},required:[<escape>location<escape>],"
+        "type:<escape>OBJECT<escape>}}<end_function_declaration>"
+    ) in prompt
+    assert fc.parse_function_calls("Sure. " + CARD_ANSWER + "<end_of_turn>") == [
+        {"name": "get_current_temperature", "arguments": {"location": "London"}}
+    ]
+    assert fc.format_function_call("get_current_temperature", {"location": "London"}) == CARD_ANSWER
+
+
+def test_parse_values_and_several_calls():
+    text = (
+        "<start_function_call>call:set_alarm{days:[<escape>Mon<escape>,<escape>Tue<escape>],"
+        "hour:7,loud:true,note:null,ratio:0.5,when:{h:7,m:<escape>30, sharp<escape>}}"
+        "<end_function_call><start_function_call>call:turn_on_flashlight{}<end_function_call>"
+    )
+    assert fc.parse_function_calls(text) == [
+        {"name": "set_alarm", "arguments": {
+            "days": ["Mon", "Tue"], "hour": 7, "loud": True, "note": None,
+            "ratio": 0.5, "when": {"h": 7, "m": "30, sharp"}}},
+        {"name": "turn_on_flashlight", "arguments": {}},
+    ]
+    # What format_function_call writes, parse reads back.
+    arguments = {"a": "x, y", "b": [1, 2.5], "c": {"d": False}}
+    assert fc.parse_function_calls(fc.format_function_call("f", arguments)) == [
+        {"name": "f", "arguments": arguments}
+    ]
+    assert fc.format_function_response("f", {"ok": True}) == (
+        "<start_function_response>response:f{ok:true}<end_function_response>"
+    )
+
+
+@pytest.mark.parametrize("text, message", [
+    ("<start_function_call>call:f{a:<escape>cut", "cut off"),
+    ("<start_function_call>call:f{a:<escape>x}<end_function_call>", "closing <escape>"),
+    ("<start_function_call>call:f{a 1}<end_function_call>", "expected 'key:'"),
+])
+def test_parse_malformed_calls(text, message):
+    with pytest.raises(ValueError, match=message):
+        fc.parse_function_calls(text)
+
+
+def test_function_calling_bad_input():
+    with pytest.raises(ValueError, match="needs a 'name'"):
+        fc.function_declaration({"description": "no name"})
+    with pytest.raises(ValueError, match="Unknown role 'tool'"):
+        fc.function_calling_prompt([{"role": "tool", "content": "x"}], [CARD_TOOL])
+    with pytest.raises(ValueError, match="non-empty list"):
+        fc.function_calling_prompt([], [CARD_TOOL])
+
+
+def test_function_call_stop_ids(shield):
+    tokenizer = shield.preprocessor.tokenizer  # family_vocabulary.spm
+    assert fc.function_call_stop_token_ids(tokenizer) == [15, 16, 5, 1]
+    # The prompt's control tokens are single tokens for the tokenizer.
+    tokens = tokenizer.tokenize(RENDERED_GET_WEATHER)
+    assert tokens.count(12) == 1 and tokens.count(13) == 1 and tokens.count(18) == RENDERED_GET_WEATHER.count("<escape>") == 10
