@@ -443,3 +443,46 @@ def test_function_call_stop_ids(shield):
     # The prompt's control tokens are single tokens for the tokenizer.
     tokens = tokenizer.tokenize(RENDERED_GET_WEATHER)
     assert tokens.count(12) == 1 and tokens.count(13) == 1 and tokens.count(18) == RENDERED_GET_WEATHER.count("<escape>") == 10
+
+
+# -- full Gemma 3 (multimodal) checkpoints: the text model ------------------------
+
+
+def test_hugging_face_multimodal_folder_loads_its_text_model():
+    import sys
+
+    sys.path.insert(0, str(DATA.parent))
+    from tiny_models import PADDING_MASK, TOKEN_IDS
+
+    folder = DATA / "hf_tiny_gemma3_multimodal"
+    index = json.loads((folder / "config.json").read_text())
+    assert index["architectures"] == ["Gemma3ForConditionalGeneration"]
+    model = keras_gemma.GemmaCausalLM.from_preset(str(folder))
+    logits = np.asarray(model.score(TOKEN_IDS, PADDING_MASK), "float32")
+    # transformers' Gemma3ForConditionalGeneration on the same text.
+    expected = np.load(DATA / "multimodal_oracle.npz")["logits"]
+    np.testing.assert_allclose(logits[PADDING_MASK], expected[PADDING_MASK], atol=1e-4)
+
+
+def test_keras_hub_multimodal_preset_loads_its_text_model():
+    import h5py
+
+    folder = DATA / "keras_hub_tiny_gemma3_multimodal"
+    config = json.loads((folder / "config.json").read_text())["config"]
+    assert config["vision_encoder"] is not None
+    backbone = keras_gemma.GemmaBackbone.from_preset(str(folder))
+    assert backbone.num_layers == 2 and backbone.use_query_key_norm
+    with h5py.File(folder / "model.weights.h5") as f:
+        embedding = f["layers/reversible_embedding/vars/0"][()]
+        down = f["layers/gemma3_decoder_block_1/ffw_linear/vars/0"][()]
+        assert any(name.startswith("gemma3_vision_encoder") for name in f["layers"])
+    weights = {v.path: np.asarray(v.numpy()) for v in backbone.weights}
+    np.testing.assert_array_equal(weights["token_embedding/embeddings"], embedding)
+    np.testing.assert_array_equal(weights["decoder_block_1/feedforward_down/kernel"], down)
+
+
+def test_asking_for_the_vision_tower_is_a_clear_error():
+    with pytest.raises(ValueError, match="cannot load a vision encoder.*text model"):
+        keras_gemma.GemmaCausalLM.from_preset(
+            str(DATA / "hf_tiny_gemma3_multimodal"), vision_encoder=True
+        )
