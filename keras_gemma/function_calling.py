@@ -34,7 +34,10 @@ START_RESPONSE = "<start_function_response>"
 END_RESPONSE = "<end_function_response>"
 # The card's developer sentence that switches the model to function calling.
 DEVELOPER_PROMPT = "You are a model that can do function calling with the following functions"
-STOP_TOKENS = (END_CALL, START_RESPONSE, "<end_of_turn>")
+# Where generation should stop: the model would next read a tool's response
+# (or end its turn). <end_function_call> is not one, so that it stays in the
+# text and parse_function_calls sees a complete call.
+STOP_TOKENS = (START_RESPONSE, "<end_of_turn>")
 _SCHEMA_KEYS = ("description", "enum", "items", "properties", "required", "type")
 
 

@@ -253,7 +253,8 @@ def _score_batch(model, tokenizer, texts, yes_no, rows):
 def _to_numpy(tensor):
     from keras import ops
 
-    return np.asarray(ops.convert_to_numpy(tensor))
+    # float32 first: PyTorch cannot hand bfloat16 logits to numpy.
+    return np.asarray(ops.convert_to_numpy(ops.cast(tensor, "float32")))
 
 
 class UnsafeContentError(ValueError):

@@ -297,6 +297,17 @@ def _cli(args, capsys):
     return status, captured.out, captured.err
 
 
+def test_classify_help_shows_an_example(capsys):
+    from keras_gemma import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["classify", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "keras-gemma classify" in out.split("example", 1)[1]
+    assert "--policy" in out and "--threshold" in out
+
+
 def test_classify_command(capsys):
     case = SHIELD_ORACLE[0]
     status, out, _ = _cli(["classify", case["user_prompt"], "--policy", "harassment",
@@ -439,7 +450,7 @@ def test_function_calling_bad_input():
 
 def test_function_call_stop_ids(shield):
     tokenizer = shield.preprocessor.tokenizer  # family_vocabulary.spm
-    assert fc.function_call_stop_token_ids(tokenizer) == [15, 16, 5, 1]
+    assert fc.function_call_stop_token_ids(tokenizer) == [16, 5, 1]
     # The prompt's control tokens are single tokens for the tokenizer.
     tokens = tokenizer.tokenize(RENDERED_GET_WEATHER)
     assert tokens.count(12) == 1 and tokens.count(13) == 1 and tokens.count(18) == RENDERED_GET_WEATHER.count("<escape>") == 10
