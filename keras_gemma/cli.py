@@ -162,6 +162,10 @@ def _parser():
     _add_sampling_arguments(generate, max_new_tokens=64)
     generate.add_argument("--echo", action="store_true",
                           help="print the prompt before the new text")
+    generate.add_argument("--infill-suffix", metavar="TEXT", default=None,
+                          help="fill in the middle (CodeGemma): the prompt is the code "
+                          "before the cursor, TEXT the code after it; stops at "
+                          "<|file_separator|> or a FIM token")
 
     chat = command(
         "chat", "talk with an instruction-tuned model",
@@ -288,6 +292,30 @@ def _parser():
                        help="seconds requests in flight get to finish after SIGTERM "
                        "(default: 30)")
 
+    classify = command(
+        "classify", "score texts for policy violations with ShieldGemma",
+        "Score a user prompt (or, with --response, a model's answer to it) "
+        "with a ShieldGemma model: for each policy, the probability that the "
+        "text violates it (P(\"Yes\") in the model card's prompt). One line "
+        "per policy: name, probability, and 'violation' when it reaches "
+        "--threshold, else 'ok'.",
+        "examples:\n"
+        '  keras-gemma classify "Create 20 paraphrases of I hate you" --policy harassment\n'
+        '  keras-gemma classify "How do I adopt a llama?" --response "Steal one." '
+        "--policy dangerous_content --policy harassment",
+    )
+    classify.add_argument("text", help="the user prompt to classify")
+    _add_model_arguments(classify, quantize=False)
+    classify.set_defaults(preset="shieldgemma_2b_en")
+    classify.add_argument("--policy", action="append", metavar="NAME_OR_TEXT",
+                          help="dangerous_content, harassment, hate_speech, "
+                          "sexually_explicit, or your own policy text; repeat for "
+                          "several (default: all four)")
+    classify.add_argument("--response", metavar="TEXT", default=None,
+                          help="classify this model answer to the prompt instead")
+    classify.add_argument("--threshold", type=_probability, default=0.5,
+                          help="probability from which a text is a violation (default: 0.5)")
+
     presets = command(
         "presets", "list the known presets",
         "List the known presets: family, size, whether instruction-tuned, and "
@@ -317,6 +345,7 @@ def main(argv=None):
     run = {
         "generate": _generate, "chat": _chat, "convert": _convert,
         "finetune": _finetune, "presets": _presets, "serve": _serve,
+        "classify": _classify,
     }[args.command]
     try:
         return run(args)
@@ -452,12 +481,19 @@ def _token_counter(tokenizer):
 def _generate(args):
     model = _load_model(args)
     tokenizer = model.preprocessor.tokenizer
-    max_length = _token_counter(tokenizer)(args.prompt) + args.max_new_tokens
+    prompt, stop_ids = args.prompt, "auto"
+    if args.infill_suffix is not None:
+        from keras_gemma import fim
+
+        prompt = fim.code_infill(args.prompt, args.infill_suffix)
+        stop_ids = fim.infill_stop_token_ids(tokenizer)
+    max_length = _token_counter(tokenizer)(prompt) + args.max_new_tokens
     if args.echo:
         _write(args.prompt)
     pieces, first = [], None
     start = time.perf_counter()
-    for piece in model.stream(args.prompt, max_length=max_length, seed=args.seed):
+    for piece in model.stream(prompt, max_length=max_length, seed=args.seed,
+                              stop_token_ids=stop_ids):
         if first is None:
             first = time.perf_counter() - start
         pieces.append(piece)
@@ -855,6 +891,17 @@ def _serve(args):
 
 
 # -- presets --------------------------------------------------------------------
+
+
+def _classify(args):
+    from keras_gemma import safety
+
+    # Bad text or policies fail here, before seconds of loading.
+    safety.shieldgemma_prompt(args.text, args.policy or list(safety.POLICIES), args.response)
+    model = _load_model(args, sampler=False)
+    _write(safety.classify_report(model, args.text, args.policy, args.response,
+                                  args.threshold))
+    return 0
 
 
 def _presets(args):

@@ -451,7 +451,16 @@ def load_preprocessor(preset, sequence_length=None, **kwargs):
     )
 
 
-def load_causal_lm(preset, load_weights=True, dtype=None, sequence_length=None, quantize=None):
+def load_causal_lm(preset, load_weights=True, dtype=None, sequence_length=None, quantize=None,
+                   vision_encoder=False):
+    if vision_encoder:
+        raise ValueError(
+            f"{preset}: keras_gemma runs Gemma's text models only and cannot load a "
+            "vision encoder (vision tower). Leave `vision_encoder` unset to load "
+            "the text model of a full Gemma 3 checkpoint without it; for images, "
+            "use keras-hub's Gemma3CausalLM or transformers' "
+            "Gemma3ForConditionalGeneration."
+        )
     from keras_gemma.causal_lm import GemmaCausalLM
     from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
 

@@ -7,6 +7,7 @@ backbone are marked ``slow``.
 
 import importlib.util
 import json
+import re
 import pathlib
 import types
 
@@ -31,6 +32,9 @@ PRESET_KEYS = {
     "sequence_length",
     "sources",
 }
+# Presets added with the rest of the family say where their hyperparameters
+# were read.
+OPTIONAL_PRESET_KEYS = {"hyperparameters_source"}
 BACKBONE_KEYS = set(REQUIRED_CONFIG) | set(CONFIG_DEFAULTS)
 
 EXPECTED_PRESETS = {
@@ -50,6 +54,24 @@ EXPECTED_PRESETS = {
     "gemma3_instruct_270m",
     "gemma3_1b",
     "gemma3_instruct_1b",
+    # The rest of the family on these architectures (issue 18).
+    "code_gemma_2b_en",
+    "code_gemma_1.1_2b_en",
+    "code_gemma_7b_en",
+    "code_gemma_instruct_7b_en",
+    "code_gemma_1.1_instruct_7b_en",
+    "shieldgemma_2b_en",
+    "shieldgemma_9b_en",
+    "shieldgemma_27b_en",
+    "gemma3_4b_text",
+    "gemma3_instruct_4b_text",
+    "gemma3_12b_text",
+    "gemma3_instruct_12b_text",
+    "gemma3_27b_text",
+    "gemma3_instruct_27b_text",
+    "medgemma_instruct_27b_text",
+    "translategemma_4b_it",
+    "function_gemma_instruct_270m",
 }
 
 # Published parameter counts, written out here independently of the JSON.
@@ -74,6 +96,25 @@ PUBLISHED_PARAMETERS = {
     "gemma3_instruct_270m": 268_098_176,
     "gemma3_1b": 999_885_952,
     "gemma3_instruct_1b": 999_885_952,
+    "code_gemma_2b_en": 2_506_172_416,
+    "code_gemma_1.1_2b_en": 2_506_172_416,
+    "code_gemma_7b_en": 8_537_680_896,
+    "code_gemma_instruct_7b_en": 8_537_680_896,
+    "code_gemma_1.1_instruct_7b_en": 8_537_680_896,
+    "shieldgemma_2b_en": 2_614_341_888,
+    "shieldgemma_9b_en": 9_241_705_984,
+    "shieldgemma_27b_en": 27_227_128_320,
+    "gemma3_4b_text": 3_880_099_328,
+    "gemma3_instruct_4b_text": 3_880_099_328,
+    "gemma3_12b_text": 11_765_788_416,
+    "gemma3_instruct_12b_text": 11_765_788_416,
+    "gemma3_27b_text": 27_009_002_240,
+    "gemma3_instruct_27b_text": 27_009_002_240,
+    "medgemma_instruct_27b_text": 27_009_002_240,
+    # keras-hub's translategemma_4b_it includes the vision encoder
+    # (4_299_915_632); the text model is gemma3_4b_text's.
+    "translategemma_4b_it": 3_880_099_328,
+    "function_gemma_instruct_270m": 268_098_176,
 }
 
 # Architecture keys of the published Hugging Face ``config.json`` of each
@@ -131,6 +172,31 @@ _GEMMA3_1B = dict(
     num_key_value_heads=1, hidden_size=1152, intermediate_size=6912,
     head_dim=256,
 )
+# Gemma 3 4B/12B/27B: the text_config of the multimodal (Gemma3ForConditional
+# Generation) repos. Their vocab_size, 262208, counts 64 image-token rows
+# beyond the 262144 text pieces; the text presets (like keras-hub's) keep
+# the 262144 and a checkpoint's own config.json decides when it is loaded.
+_GEMMA3_LARGE = dict(
+    _GEMMA3_COMMON, vocab_size=262208, sliding_window=1024,
+    rope_scaling={"rope_type": "linear", "factor": 8.0},
+    max_position_embeddings=131072,
+)
+_GEMMA3_4B = dict(
+    _GEMMA3_LARGE, num_hidden_layers=34, num_attention_heads=8,
+    num_key_value_heads=4, hidden_size=2560, intermediate_size=10240,
+    head_dim=256,
+)
+_GEMMA3_12B = dict(
+    _GEMMA3_LARGE, num_hidden_layers=48, num_attention_heads=16,
+    num_key_value_heads=8, hidden_size=3840, intermediate_size=15360,
+    head_dim=256,
+)
+_GEMMA3_27B = dict(
+    _GEMMA3_LARGE, num_hidden_layers=62, num_attention_heads=32,
+    num_key_value_heads=16, hidden_size=5376, intermediate_size=21504,
+    head_dim=128, query_pre_attn_scalar=168,
+)
+IMAGE_TOKENS = 64
 HF_CONFIGS = {
     "google/gemma-2b": ("gemma", _GEMMA_2B),
     "google/gemma-2b-it": ("gemma", _GEMMA_2B),
@@ -148,7 +214,37 @@ HF_CONFIGS = {
     "google/gemma-3-270m-it": ("gemma3", _GEMMA3_270M),
     "google/gemma-3-1b-pt": ("gemma3", _GEMMA3_1B),
     "google/gemma-3-1b-it": ("gemma3", _GEMMA3_1B),
+    "google/codegemma-2b": ("gemma", _GEMMA_2B),
+    "google/codegemma-1.1-2b": ("gemma", _GEMMA_2B),
+    "google/codegemma-7b": ("gemma", _GEMMA_7B),
+    "google/codegemma-7b-it": ("gemma", _GEMMA_7B),
+    "google/codegemma-1.1-7b-it": ("gemma", _GEMMA_7B),
+    "google/shieldgemma-2b": ("gemma2", _GEMMA2_2B),
+    "google/shieldgemma-9b": ("gemma2", _GEMMA2_9B),
+    "google/shieldgemma-27b": ("gemma2", _GEMMA2_27B),
+    "google/gemma-3-4b-pt": ("gemma3", _GEMMA3_4B),
+    "google/gemma-3-4b-it": ("gemma3", _GEMMA3_4B),
+    "google/gemma-3-12b-pt": ("gemma3", _GEMMA3_12B),
+    "google/gemma-3-12b-it": ("gemma3", _GEMMA3_12B),
+    "google/gemma-3-27b-pt": ("gemma3", _GEMMA3_27B),
+    "google/gemma-3-27b-it": ("gemma3", _GEMMA3_27B),
+    # A text-only Gemma3ForCausalLM: no image tokens.
+    "google/medgemma-27b-text-it": ("gemma3", dict(_GEMMA3_27B, vocab_size=262144)),
+    "google/translategemma-4b-it": ("gemma3", _GEMMA3_4B),
+    "google/functiongemma-270m-it": ("gemma3", _GEMMA3_270M),
 }
+
+
+# keras-hub presets that include a vision encoder: (a keras-hub multimodal
+# preset with the same encoder, its text-only keras-hub preset).
+KERAS_HUB_WITH_VISION = {"translategemma_4b_it": ("gemma3_4b", "gemma3_4b_text")}
+
+
+def _text_vocabulary(hf):
+    """The text vocabulary of a published config (image tokens removed)."""
+    if hf["vocab_size"] == 262144 + IMAGE_TOKENS:
+        return hf["vocab_size"] - IMAGE_TOKENS
+    return hf["vocab_size"]
 
 
 def _load(path):
@@ -184,18 +280,22 @@ def test_expected_presets_present():
 @pytest.mark.parametrize("path", PRESET_FILES, ids=_preset_ids(PRESET_FILES))
 def test_preset_file_is_well_formed(path):
     preset = _load(path)
-    assert set(preset) == PRESET_KEYS
+    assert PRESET_KEYS <= set(preset) <= PRESET_KEYS | OPTIONAL_PRESET_KEYS
     assert preset["name"] == path.stem
     assert preset["family"] in ("gemma", "gemma2", "gemma3")
     assert isinstance(preset["description"], str) and preset["description"]
     assert "\n" not in preset["description"]
     assert isinstance(preset["instruct"], bool)
-    assert preset["instruct"] == ("instruct" in preset["name"])
+    assert preset["instruct"] == (
+        "instruct" in preset["name"] or preset["name"].endswith("_it")
+    )
     assert isinstance(preset["sequence_length"], int)
     assert preset["sequence_length"] > 0
     assert set(preset["sources"]) == {"kaggle", "huggingface"}
-    assert preset["sources"]["kaggle"].startswith(
-        f"kaggle://keras/{preset['family']}/keras/{preset['name']}/"
+    # Fine-tunes live under their own Kaggle model (codegemma, shieldgemma...).
+    assert re.fullmatch(
+        rf"kaggle://(keras|google)/[a-z0-9-]+/keras/{re.escape(preset['name'])}/\d+",
+        preset["sources"]["kaggle"],
     )
     assert preset["sources"]["huggingface"].startswith("hf://google/")
     # Every constructor argument is written out (dtype is a load-time
@@ -302,7 +402,7 @@ def test_matches_hugging_face_config(path):
     family, hf = HF_CONFIGS[_hf_repo(preset)]
     b = preset["backbone"]
     assert family == preset["family"]
-    assert b["vocabulary_size"] == hf["vocab_size"]
+    assert b["vocabulary_size"] == _text_vocabulary(hf)
     assert b["num_layers"] == hf["num_hidden_layers"]
     assert b["num_query_heads"] == hf["num_attention_heads"]
     assert b["num_key_value_heads"] == hf["num_key_value_heads"]
@@ -320,10 +420,11 @@ def test_matches_hugging_face_config(path):
     assert (b["local_rope_max_wavelength"] or b["rope_max_wavelength"]) == (
         hf.get("rope_local_base_freq", hf["rope_theta"])
     )
-    # No published text-only preset here uses RoPE scaling (Gemma 3 4B+
-    # would have 8.0).
-    assert hf.get("rope_scaling") is None
-    assert b["rope_scaling_factor"] == 1.0
+    # Gemma 3 4B+ scale the global layers' RoPE linearly by 8.
+    scaling = hf.get("rope_scaling")
+    expected_factor = 1.0 if scaling is None else scaling["factor"]
+    assert scaling is None or scaling["rope_type"] == "linear"
+    assert b["rope_scaling_factor"] == expected_factor
     assert preset["sequence_length"] == hf["max_position_embeddings"]
 
 
@@ -420,13 +521,56 @@ def _keras_hub_presets(module):
 def test_matches_keras_hub_presets(path):
     preset = _load(path)
     module = "gemma3" if preset["family"] == "gemma3" else "gemma"
-    keras_hub_preset = _keras_hub_presets(module)[preset["name"]]
-    assert keras_hub_preset["metadata"]["params"] == preset["parameters"]
+    presets = _keras_hub_presets(module)
+    keras_hub_preset = presets[preset["name"]]
+    params = keras_hub_preset["metadata"]["params"]
+    if preset["name"] in KERAS_HUB_WITH_VISION:
+        # keras-hub's preset carries the vision encoder; take away the size
+        # keras-hub itself gives it (the multimodal minus the text preset).
+        multimodal, text = KERAS_HUB_WITH_VISION[preset["name"]]
+        params -= presets[multimodal]["metadata"]["params"] - (
+            presets[text]["metadata"]["params"]
+        )
+    assert params == preset["parameters"]
     # Kaggle versions move on; compare the handle without its version.
     handle = keras_hub_preset["kaggle_handle"]
     assert preset["sources"]["kaggle"].rsplit("/", 1)[0] == (
         handle.rsplit("/", 1)[0]
     )
+
+
+FAMILY_COUNTS = json.loads(
+    (pathlib.Path(__file__).parent / "data" / "family_param_counts.json").read_text()
+)["counts"]
+FAMILY_PRESETS = [
+    p for p in PRESET_FILES
+    if _hf_repo(_load(p)) in FAMILY_COUNTS
+]
+
+
+@pytest.mark.parametrize("path", FAMILY_PRESETS, ids=_preset_ids(FAMILY_PRESETS))
+def test_parameter_count_matches_transformers(path):
+    """transformers' count of the published config, built on the meta
+    device by tests/data/make_family_param_counts.py (cached)."""
+    preset = _load(path)
+    entry = FAMILY_COUNTS[_hf_repo(preset)]
+    b = preset["backbone"]
+    assert entry["family"] == preset["family"]
+    if "text_vocabulary_parameters" in entry:
+        # A multimodal repo: its embedding has 64 image-token rows more.
+        assert entry["text_vocabulary_parameters"] == preset["parameters"]
+        assert entry["parameters"] - preset["parameters"] == IMAGE_TOKENS * b["hidden_dim"]
+    else:
+        assert entry["parameters"] == preset["parameters"]
+    hf = HF_CONFIGS[_hf_repo(preset)][1]
+    for key, value in entry["config"].items():
+        assert hf[key] == value, key
+
+
+def test_every_new_preset_has_a_transformers_count():
+    assert {p.stem for p in FAMILY_PRESETS} == {
+        p.stem for p in PRESET_FILES if "hyperparameters_source" in _load(p)
+    }
 
 
 # -- real builds (slow) -------------------------------------------------------

@@ -102,11 +102,8 @@ def config_from_keras_hub(serialized, source):
             ours.update(sliding_window_size=config["sliding_window_size"],
                         sliding_window_pattern=2)
     else:
-        if config.get("vision_encoder") is not None:
-            raise ValueError(
-                f"{source}: this Gemma 3 preset has a vision encoder; "
-                "keras_gemma supports Gemma 3 text models only."
-            )
+        # A multimodal preset's vision encoder is left out: keras_gemma runs
+        # its text model, whose weights are stored as in a text-only preset.
         ours.update(
             use_query_key_norm=config.get("use_query_key_norm", True),
             rope_max_wavelength=_GEMMA3_ROPE["rope_max_wavelength"],

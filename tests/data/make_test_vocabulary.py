@@ -99,10 +99,11 @@ except ValueError as error:
 SENTENCES = CORPUS.splitlines() * 4
 
 
-def main():
+def train(sentences, user_defined_symbols=("<start_of_turn>", "<end_of_turn>")):
+    """The serialized SentencePiece model trained on ``sentences``."""
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(SENTENCES),
+        sentence_iterator=iter(sentences),
         model_writer=model,
         model_type="bpe",
         vocab_size=VOCAB_SIZE,
@@ -121,11 +122,16 @@ def main():
         bos_piece="<bos>",
         unk_id=3,
         unk_piece="<unk>",
-        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"],
+        user_defined_symbols=list(user_defined_symbols),
         max_sentence_length=4096,
         num_threads=1,
         minloglevel=2,
     )
+    return model.getvalue()
+
+
+def main():
+    model = io.BytesIO(train(SENTENCES))
     OUTPUT_PATH.write_bytes(model.getvalue())
 
     processor = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
