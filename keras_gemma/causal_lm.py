@@ -12,6 +12,11 @@ from keras_gemma import samplers as samplers_lib
 from keras_gemma.backbone import GemmaBackbone
 from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
 from keras_gemma.quantization import levels_varying_with
+from keras_gemma.tokenizer import GemmaTokenizer
+
+# The tokenizer module imports no Keras (it runs without a backend), so it
+# is registered for Keras serialization here.
+keras.saving.register_keras_serializable(package="keras_gemma")(GemmaTokenizer)
 
 # Prompts are prefilled in buckets of this many positions, so prompts of
 # similar length share one compiled program.
@@ -21,6 +26,7 @@ PREFILL_BUCKET = 32
 LENGTH_BUCKET = 128
 
 
+@keras.saving.register_keras_serializable(package="keras_gemma")
 class GemmaCausalLM(keras.Model):
     """A Gemma language model: next-token logits, ``generate``, ``score``, ``fit``.
 
@@ -33,6 +39,11 @@ class GemmaCausalLM(keras.Model):
         backbone: a ``keras_gemma.GemmaBackbone``.
         preprocessor: a ``keras_gemma.GemmaCausalLMPreprocessor`` or None
             (then ``generate`` and ``fit`` take token ids only).
+
+    The two may also come in keras-hub's ``Gemma3CausalLM(preprocessor,
+    backbone)`` order. ``model.save("x.keras")`` stores the tokenizer's
+    vocabulary in the file, so ``keras.models.load_model("x.keras")`` gives
+    back a model that generates the same text.
 
     Example:
 
@@ -47,6 +58,22 @@ class GemmaCausalLM(keras.Model):
     """
 
     def __init__(self, backbone, preprocessor=None, **kwargs):
+        # keras-hub's Gemma3CausalLM and Gemma4CausalLM take
+        # (preprocessor, backbone) positionally; GemmaCausalLM the reverse.
+        if isinstance(backbone, GemmaCausalLMPreprocessor) and not isinstance(
+            preprocessor, GemmaCausalLMPreprocessor
+        ):
+            backbone, preprocessor = preprocessor, backbone
+        if not isinstance(backbone, GemmaBackbone):
+            raise TypeError(
+                "GemmaCausalLM needs `backbone=` a keras_gemma GemmaBackbone "
+                f"(e.g. GemmaBackbone.from_preset(...)), got {type(backbone).__name__}."
+            )
+        if preprocessor is not None and not isinstance(preprocessor, GemmaCausalLMPreprocessor):
+            raise TypeError(
+                "`preprocessor` must be a keras_gemma GemmaCausalLMPreprocessor "
+                f"or None, got {type(preprocessor).__name__}."
+            )
         super().__init__(**kwargs)
         self.backbone = backbone
         self.preprocessor = preprocessor
@@ -89,6 +116,21 @@ class GemmaCausalLM(keras.Model):
         )
         self.sampler = samplers_lib.get(sampler)
         self._generate_functions = {}
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config:
+            config["sampler"] = samplers_lib.serialize(self.sampler)
+        return config
+
+    def compile_from_config(self, config):
+        """Recompiles a loaded model as it was saved (``load_model``)."""
+        config = dict(config)
+        sampler = config.pop("sampler", "greedy")
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(sampler=samplers_lib.get(sampler), **config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def _preprocess_for_training(self, x, y, sample_weight):
         """Strings (or prompt/response pairs) -> arrays; token arrays pass."""
@@ -146,13 +188,21 @@ class GemmaCausalLM(keras.Model):
     # -- scoring -------------------------------------------------------------
 
     def score(self, token_ids, padding_mask=None, scoring_mode="logits",
-              target_ids=None):
+              layer_intercept_fn=None, target_ids=None):
         """Logits (batch, time, vocabulary) or per-token loss (batch, time).
 
         As keras-hub's ``score``: with ``scoring_mode="loss"``, ``target_ids``
         (usually the inputs shifted left by one) are scored with
         cross-entropy, and padded positions get zero loss.
+        ``layer_intercept_fn`` (keras-hub's hook into each layer's output)
+        is not supported.
         """
+        if layer_intercept_fn is not None:
+            raise NotImplementedError(
+                "score(layer_intercept_fn=...) is not supported by keras_gemma. "
+                "To read hidden states, call model.backbone(inputs) (final "
+                "states) or backbone.compute_hidden_states(...)."
+            )
         if scoring_mode not in ("logits", "loss"):
             raise ValueError(
                 f"`scoring_mode` must be 'logits' or 'loss', got {scoring_mode!r}."
@@ -188,7 +238,8 @@ class GemmaCausalLM(keras.Model):
             stop_token_ids: ``"auto"`` (``<eos>`` and ``<end_of_turn>``), a
                 list of ids, or None to always generate to ``max_length``.
             strip_prompt: return only the new text, not prompt + new text.
-            seed: integer making random samplers reproducible.
+            seed: integer making random samplers reproducible (default: the
+                compiled sampler's ``seed``, as in keras-hub).
 
         Returns strings for string input (one string for one prompt).
         """
@@ -207,6 +258,8 @@ class GemmaCausalLM(keras.Model):
             token_ids, padding_mask = batch["token_ids"], batch["padding_mask"]
             strings = True
         stop_ids = self._stop_token_ids(stop_token_ids)
+        if seed is None:
+            seed = self.sampler.next_seed()
         prompt_mask = padding_mask.copy()
         token_ids = self._generate_tokens(token_ids, padding_mask, stop_ids, seed)
         output_mask = _mask_after_stop(token_ids, prompt_mask, stop_ids)
@@ -320,6 +373,8 @@ class GemmaCausalLM(keras.Model):
         _check_max_length(max_length)
         batch = self.preprocessor.generate_preprocess(prompt, max_length)
         stop_ids = self._stop_token_ids(stop_token_ids)
+        if seed is None:
+            seed = self.sampler.next_seed()
         state = self._start_generation(
             batch["token_ids"], batch["padding_mask"], stop_ids, seed
         )
@@ -352,7 +407,9 @@ class GemmaCausalLM(keras.Model):
         return state["token_ids"][:, : state["max_length"]]
 
     def _compiled(self, name, make, *key):
-        key = (name, type(self.sampler).__name__, json.dumps(self.sampler.get_config()), *key)
+        # The seed only changes the uniforms fed in, not the program.
+        config = {k: v for k, v in self.sampler.get_config().items() if k != "seed"}
+        key = (name, type(self.sampler).__name__, json.dumps(config), *key)
         if key not in self._generate_functions:
             self._generate_functions[key] = make()
         return self._generate_functions[key]
@@ -475,8 +532,16 @@ class GemmaCausalLM(keras.Model):
 
         return decode_loop
 
-    def quantize(self, mode="int8", config=None, **kwargs):
-        """Weight-only int8 for the backbone; see ``GemmaBackbone.quantize``."""
+    def quantize(self, mode="int8", config=None, filters=None, **kwargs):
+        """Weight-only int8 for the backbone; see ``GemmaBackbone.quantize``.
+
+        keras-hub's ``filters`` (quantize only some layers) is not supported.
+        """
+        if filters is not None:
+            raise NotImplementedError(
+                "quantize(filters=...) is not supported: keras_gemma quantizes "
+                "every projection and the embedding. Call quantize('int8')."
+            )
         self.backbone.quantize(mode, config=config, **kwargs)
         self._generate_functions = {}
 
@@ -490,7 +555,9 @@ class GemmaCausalLM(keras.Model):
         ``"bfloat16"``, ``"mixed_bfloat16"``); default: the checkpoint's.
         ``quantize="int8"``: weight-only int8 (see ``quantize``), each
         tensor quantized as it is read, so the float model is never whole
-        in memory.
+        in memory. As in keras-hub, ``preprocessor=`` or ``backbone=`` use
+        the given object instead of loading that part, and
+        ``sequence_length=`` sizes the preprocessor loaded.
         """
         from keras_gemma import preset_io
 
@@ -502,29 +569,66 @@ class GemmaCausalLM(keras.Model):
             preset, load_weights=load_weights, dtype=dtype, quantize=quantize, **kwargs
         )
 
-    def save_to_preset(self, preset_dir):
-        """Writes backbone, tokenizer and preprocessor config atomically."""
+    def save_to_preset(self, preset_dir, max_shard_size=None):
+        """Writes backbone, tokenizer and preprocessor config atomically.
+
+        The weights go in one ``model.weights.h5``; keras-hub's
+        ``max_shard_size`` (split into shards) is accepted and ignored.
+        """
         from keras_gemma import preset_io
 
         preset_io.save_preset(
             preset_dir, backbone=self.backbone, preprocessor=self.preprocessor
         )
 
+    # -- Keras serialization (model.save / keras.models.load_model) ---------
+
     def get_config(self):
+        preprocessor = None
+        if self.preprocessor is not None:
+            preprocessor = keras.saving.serialize_keras_object(self.preprocessor)
         return {
             "name": self.name,
+            "trainable": self.trainable,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "preprocessor": preprocessor,
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        backbone = config.pop("backbone")
-        if isinstance(backbone, dict):
-            backbone = keras.saving.deserialize_keras_object(
-                backbone, custom_objects={"GemmaBackbone": GemmaBackbone}
+        custom_objects = {
+            "GemmaBackbone": GemmaBackbone,
+            "GemmaCausalLMPreprocessor": GemmaCausalLMPreprocessor,
+        }
+        for key in ("backbone", "preprocessor"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(
+                    config[key], custom_objects=custom_objects
+                )
+        return cls(**config)
+
+    def save(self, filepath, *args, **kwargs):
+        """``keras.Model.save``; the vocabulary is stored in the file too."""
+        if self.backbone.is_quantized:
+            raise ValueError(
+                "int8 models cannot be saved as .keras files (Keras cannot "
+                "rebuild keras_gemma's int8 layers). Save the float model and "
+                "call quantize('int8') after loading, or use save_weights()."
             )
-        return cls(backbone=backbone, **config)
+        return super().save(filepath, *args, **kwargs)
+
+    # The tokenizer's vocabulary (plain Python, not a Keras layer, so Keras
+    # does not visit it) travels as this model's asset: `load_model` calls
+    # `load_assets` after `from_config`, which built a preprocessor whose
+    # tokenizer is still missing.
+    def save_assets(self, dir_path):
+        if self.preprocessor is not None and self.preprocessor.has_tokenizer:
+            self.preprocessor.tokenizer.save_assets(dir_path)
+
+    def load_assets(self, dir_path):
+        if self.preprocessor is not None and not self.preprocessor.has_tokenizer:
+            self.preprocessor.tokenizer = GemmaTokenizer.load_assets(dir_path)
 
 
 def _is_text(x):
