@@ -449,17 +449,17 @@ class GemmaBackbone(keras.Model):
         lora.enable_lora(self, rank, alpha=alpha, target=target,
                          target_layer_names=target_layer_names)
 
-    def save_lora_weights(self, path):
-        """Writes only the LoRA adapter to ``path`` (HDF5), atomically."""
+    def save_lora_weights(self, filepath):
+        """Writes only the LoRA adapter to ``filepath`` (HDF5), atomically."""
         from keras_gemma import lora
 
-        lora.save_lora_weights(self, path)
+        lora.save_lora_weights(self, filepath)
 
-    def load_lora_weights(self, path):
+    def load_lora_weights(self, filepath):
         """Loads an adapter from ``save_lora_weights``, enabling LoRA if needed."""
         from keras_gemma import lora
 
-        lora.load_lora_weights(self, path)
+        lora.load_lora_weights(self, filepath)
 
     def load_peft_adapter(self, folder):
         """Loads a Hugging Face ``peft`` LoRA adapter folder

@@ -224,7 +224,7 @@ class GemmaCausalLM(keras.Model):
     # -- generation ----------------------------------------------------------
 
     def generate(self, inputs, max_length=None, stop_token_ids="auto",
-                 strip_prompt=False, seed=None):
+                 strip_prompt=False, seed=None, assistant_model=None):
         """Continues prompts with the compiled sampler, using a key/value cache.
 
         Args:
@@ -242,7 +242,14 @@ class GemmaCausalLM(keras.Model):
                 compiled sampler's ``seed``, as in keras-hub).
 
         Returns strings for string input (one string for one prompt).
+        keras-hub's ``assistant_model`` (speculative decoding) is not
+        supported.
         """
+        if assistant_model is not None:
+            raise NotImplementedError(
+                "generate(assistant_model=...) (speculative decoding) is not "
+                "supported by keras_gemma; generate with the model alone."
+            )
         if isinstance(inputs, dict):
             token_ids, padding_mask, single = self._validate_token_input(inputs, max_length)
             strings = False

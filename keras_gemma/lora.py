@@ -86,6 +86,10 @@ def target_layers(backbone, target):
 
 def enable_lora(backbone, rank, alpha=None, target=("query", "value"),
                 target_layer_names=None):
+    # keras-hub's signature is enable_lora(rank, target_layer_names): a list
+    # of names in our `alpha` place is keras-hub's positional call.
+    if isinstance(alpha, (list, tuple, str)) and target_layer_names is None:
+        alpha, target_layer_names = None, alpha
     if target_layer_names is not None:
         target = target_from_layer_names(target_layer_names)
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
