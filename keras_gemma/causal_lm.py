@@ -282,6 +282,12 @@ class GemmaCausalLM(keras.Model):
         return texts[0] if single else texts
 
     def _validate_token_input(self, inputs, max_length):
+        media = sorted({"images", "audio", "videos", "video"} & set(inputs))
+        if media:
+            raise ValueError(
+                f"generate() got {', '.join(media)}: keras_gemma is text-only "
+                "(no image, audio or video inputs). Pass the prompt as a string."
+            )
         if "token_ids" not in inputs:
             raise ValueError("generate() dict input needs a 'token_ids' entry.")
         token_ids = np.asarray(inputs["token_ids"])
