@@ -147,7 +147,7 @@ def test_keras_io_lora_and_qlora_recipe(capsys, tmp_path):
         "Translation:\n"
     )
     prompt = template.format(inputs="Bonjour, je m'appelle Morgane.")
-    outputs = gemma_lm.generate(prompt, max_length=96)  # CHANGED (size): 256
+    outputs = gemma_lm.generate(prompt, max_length=72)  # CHANGED (size): 256
     print("Translation:\n", outputs.replace(prompt, ""))
 
     # What the recipe shows, checked: bfloat16 weights, only the adapters
@@ -181,7 +181,7 @@ def test_keras_io_lora_and_qlora_recipe(capsys, tmp_path):
     history = gemma_lm.fit(train_ds, epochs=1)
 
     prompt = template.format(inputs="Bonjour, je m'appelle Morgane.")
-    outputs = gemma_lm.generate(prompt, max_length=96)
+    outputs = gemma_lm.generate(prompt, max_length=72)
     print("Translation:\n", outputs.replace(prompt, ""))
 
     assert gemma_lm.backbone.is_quantized
@@ -207,14 +207,14 @@ def test_ai_google_dev_lora_tuning():
     )
     sampler = keras_hub.samplers.TopKSampler(k=5, seed=2)
     gemma_lm.compile(sampler=sampler)
-    before = gemma_lm.generate(prompt, max_length=128)  # CHANGED (size): 256
+    before = gemma_lm.generate(prompt, max_length=80)  # CHANGED (size): 256
     print(before)
 
     prompt = template.format(
         instruction="Explain the process of photosynthesis in a way that a child could understand.",
         response="",
     )
-    print(gemma_lm.generate(prompt, max_length=128))
+    print(gemma_lm.generate(prompt, max_length=80))
 
     # CHANGED (dataset): the first 1000 lines of databricks-dolly-15k.jsonl
     # -> the records above, read the same way.
@@ -257,14 +257,14 @@ def test_ai_google_dev_lora_tuning():
     )
     sampler = keras_hub.samplers.TopKSampler(k=5, seed=2)
     gemma_lm.compile(sampler=sampler)
-    after = gemma_lm.generate(prompt, max_length=128)
+    after = gemma_lm.generate(prompt, max_length=80)
     print(after)
 
     prompt = template.format(
         instruction="Explain the process of photosynthesis in a way that a child could understand.",
         response="",
     )
-    print(gemma_lm.generate(prompt, max_length=128))
+    print(gemma_lm.generate(prompt, max_length=80))
 
     assert len(prompts) == 3  # the record with context was skipped
     assert trainable_count(gemma_lm) == lora_parameter_count(gemma_lm.backbone, 4)
@@ -273,13 +273,7 @@ def test_ai_google_dev_lora_tuning():
     assert before.startswith("Instruction:\nWhat should I do") and after.startswith(
         "Instruction:\nWhat should I do"
     )
-    # The seeded sampler: a fresh model gives the tutorial's first text again.
-    fresh = keras_hub.models.Gemma3CausalLM.from_preset(PRESET)
-    fresh.compile(sampler=keras_hub.samplers.TopKSampler(k=5, seed=2))
-    assert fresh.generate(
-        template.format(instruction="What should I do on a trip to Europe?", response=""),
-        max_length=128,
-    ) == before
+    # (Seeded samplers on fresh models: test_keras_hub_compat.)
 
 
 def test_ai_google_dev_get_started_with_keras_hub():
@@ -289,11 +283,11 @@ def test_ai_google_dev_get_started_with_keras_hub():
     )
     gemma_lm.summary()
 
-    one = gemma_lm.generate("what is keras in 3 bullet points?", max_length=64)
+    one = gemma_lm.generate("what is keras in 3 bullet points?", max_length=40)  # CHANGED (size): 64
     two = gemma_lm.generate(
         ["what is keras in 3 bullet points?",
          "The universe is"],
-        max_length=64)
+        max_length=40)
 
     PROMPT_TEMPLATE = """<start_of_turn>user
 {question}
@@ -305,7 +299,7 @@ def test_ai_google_dev_get_started_with_keras_hub():
     chat = gemma_lm.generate(prompt)
 
     gemma_lm.compile(sampler="top_k")
-    sampled = gemma_lm.generate("The universe is", max_length=64)
+    sampled = gemma_lm.generate("The universe is", max_length=40)
 
     # CHANGED: the image cells (generate({"images": ..., "prompts": ...}),
     # preprocessor.max_images_per_prompt) are left out: keras_gemma is
@@ -347,7 +341,7 @@ def test_ai_google_dev_distributed_tuning():
         print(f'{variable.path:<58}  {str(variable.shape):<16}  {str(variable.value.sharding.spec)}')
         specs.append(variable.value.sharding.spec)
 
-    gemma_lm.generate("Best comedy movies in the 90s ", max_length=64)
+    gemma_lm.generate("Best comedy movies in the 90s ", max_length=40)  # CHANGED (size): 64
 
     # CHANGED (dataset): tfds "imdb_reviews" -> the reviews above, batched by 2.
     imdb_train = tf.data.Dataset.from_tensor_slices(
@@ -374,7 +368,7 @@ def test_ai_google_dev_distributed_tuning():
     gemma_lm.summary()
     history = gemma_lm.fit(imdb_train, epochs=1)
 
-    text = gemma_lm.generate("Best comedy movies in the 90s ", max_length=64)
+    text = gemma_lm.generate("Best comedy movies in the 90s ", max_length=40)
 
     assert any("model" in str(spec) for spec in specs)  # the weights are laid out
     assert np.isfinite(history.history["loss"][0])

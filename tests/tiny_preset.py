@@ -2,8 +2,8 @@
 
 Tests that run keras-hub-style code (``from_preset(name)``) pass the
 directory this writes instead of a real preset name: a Gemma 3 shaped model
-(5 local layers : 1 global, query/key norms) with seeded random weights and
-the 640-piece test vocabulary.
+(a local and a global layer, query/key norms, post norms) with seeded
+random weights and the 640-piece test vocabulary.
 """
 
 import tempfile
@@ -14,7 +14,9 @@ from tiny_models import TINY_CONFIGS, random_weights
 
 from conftest import VOCABULARY_PATH
 
-CONFIG = TINY_CONFIGS["gemma3"]
+# Gemma 3's switches on two layers (one local, one global): generation on
+# eager PyTorch costs per layer and step.
+CONFIG = {**TINY_CONFIGS["gemma3"], "num_layers": 2, "sliding_window_pattern": 2}
 
 
 def write_tiny_preset(path, sequence_length=64, seed=0, dtype="float32"):
