@@ -78,16 +78,19 @@ _EXPORTS = {
     "list_presets": "keras_gemma.preset_io",
     "preset_info": "keras_gemma.preset_io",
 }
-__all__ = sorted(_EXPORTS) + ["samplers"]
+# Submodules that mirror keras-hub's namespaces (keras_hub.models.*,
+# keras_hub.samplers.*), so `import keras_gemma as keras_hub` works.
+_SUBMODULES = ("models", "samplers")
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
 
 def __getattr__(name):
-    if name == "samplers" or name in _EXPORTS:
+    if name in _SUBMODULES or name in _EXPORTS:
         from keras_gemma import backend
 
         backend.name()  # rejects a backend Keras chose that we do not support
-        if name == "samplers":
-            return importlib.import_module("keras_gemma.samplers")
+        if name in _SUBMODULES:
+            return importlib.import_module(f"keras_gemma.{name}")
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value

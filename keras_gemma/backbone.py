@@ -500,30 +500,34 @@ class GemmaBackbone(keras.Model):
 
     # -- LoRA (see keras_gemma/lora.py) --------------------------------------
 
-    def enable_lora(self, rank, alpha=None, target=("query", "value")):
+    def enable_lora(self, rank, alpha=None, target=("query", "value"),
+                    target_layer_names=None):
         """Freezes every weight and adds rank-``rank`` adapters to ``target``.
 
         ``target`` names projections in every decoder block: ``query``,
         ``key``, ``value``, ``output`` (attention) and ``gate``, ``up``,
         ``down`` (feed-forward). The update is ``(alpha / rank) * A @ B``;
         ``alpha`` defaults to ``rank``. Adds ``rank * (in + out)`` trainable
-        parameters per adapted kernel, in float32.
+        parameters per adapted kernel, in float32. keras-hub's
+        ``target_layer_names`` (e.g. ``["query", "value", "ffw_linear"]``)
+        may be given instead of ``target``.
         """
         from keras_gemma import lora
 
-        lora.enable_lora(self, rank, alpha=alpha, target=target)
+        lora.enable_lora(self, rank, alpha=alpha, target=target,
+                         target_layer_names=target_layer_names)
 
-    def save_lora_weights(self, path):
-        """Writes only the LoRA adapter to ``path`` (HDF5), atomically."""
+    def save_lora_weights(self, filepath):
+        """Writes only the LoRA adapter to ``filepath`` (HDF5), atomically."""
         from keras_gemma import lora
 
-        lora.save_lora_weights(self, path)
+        lora.save_lora_weights(self, filepath)
 
-    def load_lora_weights(self, path):
+    def load_lora_weights(self, filepath):
         """Loads an adapter from ``save_lora_weights``, enabling LoRA if needed."""
         from keras_gemma import lora
 
-        lora.load_lora_weights(self, path)
+        lora.load_lora_weights(self, filepath)
 
     def load_peft_adapter(self, folder):
         """Loads a Hugging Face ``peft`` LoRA adapter folder

@@ -13,8 +13,13 @@ from keras_gemma import samplers as samplers_lib
 from keras_gemma.backbone import GemmaBackbone
 from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
 from keras_gemma.quantization import levels_varying_with
+from keras_gemma.tokenizer import GemmaTokenizer
 from keras_gemma.validation import check_token_dtype
 from keras_gemma.validation import check_token_ids
+
+# The tokenizer module imports no Keras (it runs without a backend), so it
+# is registered for Keras serialization here.
+keras.saving.register_keras_serializable(package="keras_gemma")(GemmaTokenizer)
 
 # Prompts are prefilled in buckets of this many positions, so prompts of
 # similar length share one compiled program.
@@ -24,6 +29,7 @@ PREFILL_BUCKET = 32
 LENGTH_BUCKET = 128
 
 
+@keras.saving.register_keras_serializable(package="keras_gemma")
 class GemmaCausalLM(keras.Model):
     """A Gemma language model: next-token logits, ``generate``, ``score``, ``fit``.
 
@@ -36,6 +42,11 @@ class GemmaCausalLM(keras.Model):
         backbone: a ``keras_gemma.GemmaBackbone``.
         preprocessor: a ``keras_gemma.GemmaCausalLMPreprocessor`` or None
             (then ``generate`` and ``fit`` take token ids only).
+
+    The two may also come in keras-hub's ``Gemma3CausalLM(preprocessor,
+    backbone)`` order. ``model.save("x.keras")`` stores the tokenizer's
+    vocabulary in the file, so ``keras.models.load_model("x.keras")`` gives
+    back a model that generates the same text.
 
     Example:
 
@@ -50,6 +61,22 @@ class GemmaCausalLM(keras.Model):
     """
 
     def __init__(self, backbone, preprocessor=None, **kwargs):
+        # keras-hub's Gemma3CausalLM and Gemma4CausalLM take
+        # (preprocessor, backbone) positionally; GemmaCausalLM the reverse.
+        if isinstance(backbone, GemmaCausalLMPreprocessor) and not isinstance(
+            preprocessor, GemmaCausalLMPreprocessor
+        ):
+            backbone, preprocessor = preprocessor, backbone
+        if not isinstance(backbone, GemmaBackbone):
+            raise TypeError(
+                "GemmaCausalLM needs `backbone=` a keras_gemma GemmaBackbone "
+                f"(e.g. GemmaBackbone.from_preset(...)), got {type(backbone).__name__}."
+            )
+        if preprocessor is not None and not isinstance(preprocessor, GemmaCausalLMPreprocessor):
+            raise TypeError(
+                "`preprocessor` must be a keras_gemma GemmaCausalLMPreprocessor "
+                f"or None, got {type(preprocessor).__name__}."
+            )
         super().__init__(**kwargs)
         self.backbone = backbone
         self.preprocessor = preprocessor
@@ -95,6 +122,21 @@ class GemmaCausalLM(keras.Model):
         )
         self.sampler = samplers_lib.get(sampler)
         self._generate_functions = {}
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config:
+            config["sampler"] = samplers_lib.serialize(self.sampler)
+        return config
+
+    def compile_from_config(self, config):
+        """Recompiles a loaded model as it was saved (``load_model``)."""
+        config = dict(config)
+        sampler = config.pop("sampler", "greedy")
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(sampler=samplers_lib.get(sampler), **config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def _preprocess_for_training(self, x, y, sample_weight):
         """Strings (or prompt/response pairs) -> arrays; token arrays pass."""
@@ -159,13 +201,21 @@ class GemmaCausalLM(keras.Model):
     # -- scoring -------------------------------------------------------------
 
     def score(self, token_ids, padding_mask=None, scoring_mode="logits",
-              target_ids=None):
+              layer_intercept_fn=None, target_ids=None):
         """Logits (batch, time, vocabulary) or per-token loss (batch, time).
 
         As keras-hub's ``score``: with ``scoring_mode="loss"``, ``target_ids``
         (usually the inputs shifted left by one) are scored with
         cross-entropy, and padded positions get zero loss.
+        ``layer_intercept_fn`` (keras-hub's hook into each layer's output)
+        is not supported.
         """
+        if layer_intercept_fn is not None:
+            raise NotImplementedError(
+                "score(layer_intercept_fn=...) is not supported by keras_gemma. "
+                "To read hidden states, call model.backbone(inputs) (final "
+                "states) or backbone.compute_hidden_states(...)."
+            )
         if scoring_mode not in ("logits", "loss"):
             raise ValueError(
                 f"`scoring_mode` must be 'logits' or 'loss', got {scoring_mode!r}."
@@ -189,7 +239,7 @@ class GemmaCausalLM(keras.Model):
     # -- generation ----------------------------------------------------------
 
     def generate(self, inputs, max_length=None, stop_token_ids="auto",
-                 strip_prompt=False, seed=None):
+                 strip_prompt=False, seed=None, assistant_model=None):
         """Continues prompts with the compiled sampler, using a key/value cache.
 
         Args:
@@ -203,10 +253,18 @@ class GemmaCausalLM(keras.Model):
             stop_token_ids: ``"auto"`` (``<eos>`` and ``<end_of_turn>``), a
                 list of ids, or None to always generate to ``max_length``.
             strip_prompt: return only the new text, not prompt + new text.
-            seed: integer making random samplers reproducible.
+            seed: integer making random samplers reproducible (default: the
+                compiled sampler's ``seed``, as in keras-hub).
 
         Returns strings for string input (one string for one prompt).
+        keras-hub's ``assistant_model`` (speculative decoding) is not
+        supported.
         """
+        if assistant_model is not None:
+            raise NotImplementedError(
+                "generate(assistant_model=...) (speculative decoding) is not "
+                "supported by keras_gemma; generate with the model alone."
+            )
         if isinstance(inputs, dict):
             token_ids, padding_mask, single = self._validate_token_input(inputs, max_length)
             strings = False
@@ -223,6 +281,8 @@ class GemmaCausalLM(keras.Model):
             token_ids, padding_mask = batch["token_ids"], batch["padding_mask"]
             strings = True
         stop_ids = self._stop_token_ids(stop_token_ids)
+        if seed is None:
+            seed = self.sampler.next_seed()
         prompt_mask = padding_mask.copy()
         token_ids = self._generate_tokens(token_ids, padding_mask, stop_ids, seed)
         output_mask = _mask_after_stop(token_ids, prompt_mask, stop_ids)
@@ -238,6 +298,12 @@ class GemmaCausalLM(keras.Model):
         return texts[0] if single else texts
 
     def _validate_token_input(self, inputs, max_length):
+        media = sorted({"images", "audio", "videos", "video"} & set(inputs))
+        if media:
+            raise ValueError(
+                f"generate() got {', '.join(media)}: keras_gemma is text-only "
+                "(no image, audio or video inputs). Pass the prompt as a string."
+            )
         if "token_ids" not in inputs:
             raise ValueError("generate() dict input needs a 'token_ids' entry.")
         token_ids = check_token_ids(inputs["token_ids"], "generate() token_ids")
@@ -347,6 +413,8 @@ class GemmaCausalLM(keras.Model):
         self._check_generation(1, max_length)
         batch = self.preprocessor.generate_preprocess(prompt, max_length)
         stop_ids = self._stop_token_ids(stop_token_ids)
+        if seed is None:
+            seed = self.sampler.next_seed()
         state = self._start_generation(
             batch["token_ids"], batch["padding_mask"], stop_ids, seed
         )
@@ -379,7 +447,9 @@ class GemmaCausalLM(keras.Model):
         return state["token_ids"][:, : state["max_length"]]
 
     def _compiled(self, name, make, *key):
-        key = (name, type(self.sampler).__name__, json.dumps(self.sampler.get_config()), *key)
+        # The seed only changes the uniforms fed in, not the program.
+        config = {k: v for k, v in self.sampler.get_config().items() if k != "seed"}
+        key = (name, type(self.sampler).__name__, json.dumps(config), *key)
         if key not in self._generate_functions:
             self._generate_functions[key] = make()
         return self._generate_functions[key]
@@ -503,8 +573,16 @@ class GemmaCausalLM(keras.Model):
 
         return decode_loop
 
-    def quantize(self, mode="int8", config=None, **kwargs):
-        """Weight-only int8 for the backbone; see ``GemmaBackbone.quantize``."""
+    def quantize(self, mode="int8", config=None, filters=None, **kwargs):
+        """Weight-only int8 for the backbone; see ``GemmaBackbone.quantize``.
+
+        keras-hub's ``filters`` (quantize only some layers) is not supported.
+        """
+        if filters is not None:
+            raise NotImplementedError(
+                "quantize(filters=...) is not supported: keras_gemma quantizes "
+                "every projection and the embedding. Call quantize('int8')."
+            )
         self.backbone.quantize(mode, config=config, **kwargs)
         self._generate_functions = {}
 
@@ -518,7 +596,9 @@ class GemmaCausalLM(keras.Model):
         ``"bfloat16"``, ``"mixed_bfloat16"``); default: the checkpoint's.
         ``quantize="int8"``: weight-only int8 (see ``quantize``), each
         tensor quantized as it is read, so the float model is never whole
-        in memory.
+        in memory. As in keras-hub, ``preprocessor=`` or ``backbone=`` use
+        the given object instead of loading that part, and
+        ``sequence_length=`` sizes the preprocessor loaded.
         """
         from keras_gemma import preset_io
 
@@ -530,29 +610,70 @@ class GemmaCausalLM(keras.Model):
             preset, load_weights=load_weights, dtype=dtype, quantize=quantize, **kwargs
         )
 
-    def save_to_preset(self, preset_dir):
-        """Writes backbone, tokenizer and preprocessor config atomically."""
+    def save_to_preset(self, preset_dir, max_shard_size=None):
+        """Writes backbone, tokenizer and preprocessor config atomically.
+
+        The weights go in one ``model.weights.h5``; keras-hub's
+        ``max_shard_size`` (split into shards) is accepted and ignored.
+        """
         from keras_gemma import preset_io
 
         preset_io.save_preset(
             preset_dir, backbone=self.backbone, preprocessor=self.preprocessor
         )
 
+    # -- Keras serialization (model.save / keras.models.load_model) ---------
+
     def get_config(self):
+        preprocessor = None
+        if self.preprocessor is not None:
+            preprocessor = keras.saving.serialize_keras_object(self.preprocessor)
         return {
             "name": self.name,
+            "trainable": self.trainable,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "preprocessor": preprocessor,
+            "context_length": self.context_length,
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        backbone = config.pop("backbone")
-        if isinstance(backbone, dict):
-            backbone = keras.saving.deserialize_keras_object(
-                backbone, custom_objects={"GemmaBackbone": GemmaBackbone}
+        context_length = config.pop("context_length", None)
+        custom_objects = {
+            "GemmaBackbone": GemmaBackbone,
+            "GemmaCausalLMPreprocessor": GemmaCausalLMPreprocessor,
+        }
+        for key in ("backbone", "preprocessor"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(
+                    config[key], custom_objects=custom_objects
+                )
+        model = cls(**config)
+        model.context_length = context_length
+        return model
+
+    def save(self, filepath, *args, **kwargs):
+        """``keras.Model.save``; the vocabulary is stored in the file too."""
+        if self.backbone.is_quantized:
+            raise ValueError(
+                "int8 models cannot be saved as .keras files (Keras cannot "
+                "rebuild keras_gemma's int8 layers). Save the float model and "
+                "call quantize('int8') after loading, or use save_weights()."
             )
-        return cls(backbone=backbone, **config)
+        return super().save(filepath, *args, **kwargs)
+
+    # The tokenizer's vocabulary (plain Python, not a Keras layer, so Keras
+    # does not visit it) travels as this model's asset: `load_model` calls
+    # `load_assets` after `from_config`, which built a preprocessor whose
+    # tokenizer is still missing.
+    def save_assets(self, dir_path):
+        if self.preprocessor is not None and self.preprocessor.has_tokenizer:
+            self.preprocessor.tokenizer.save_assets(dir_path)
+
+    def load_assets(self, dir_path):
+        if self.preprocessor is not None and not self.preprocessor.has_tokenizer:
+            self.preprocessor.tokenizer = GemmaTokenizer.load_assets(dir_path)
 
 
 def _is_text(x):

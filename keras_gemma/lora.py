@@ -29,6 +29,39 @@ TARGETS = {
 }
 ADAPTER_FORMAT = "keras_gemma.lora/1"
 
+# keras-hub's layer names (``enable_lora(target_layer_names=...)``) -> ours.
+# "query_dense" / "value_dense" are in keras-hub's default list (for other
+# model families) and mean the same projections.
+KERAS_HUB_LAYER_NAMES = {
+    "query": "query",
+    "query_dense": "query",
+    "key": "key",
+    "value": "value",
+    "value_dense": "value",
+    "attention_output": "output",
+    "ffw_gating": "gate",
+    "ffw_gating_2": "up",
+    "ffw_linear": "down",
+}
+
+
+def target_from_layer_names(target_layer_names):
+    """Our ``target`` tuple for keras-hub's ``target_layer_names``."""
+    if isinstance(target_layer_names, str):
+        target_layer_names = [target_layer_names]
+    unknown = [n for n in target_layer_names if n not in KERAS_HUB_LAYER_NAMES]
+    if unknown:
+        raise ValueError(
+            f"target_layer_names {unknown} name no Gemma layer. keras-hub's "
+            f"Gemma layer names are {', '.join(KERAS_HUB_LAYER_NAMES)}; or use "
+            f"target= with {', '.join(TARGETS)}."
+        )
+    target = []
+    for name in target_layer_names:
+        if KERAS_HUB_LAYER_NAMES[name] not in target:
+            target.append(KERAS_HUB_LAYER_NAMES[name])
+    return tuple(target)
+
 
 def target_layers(backbone, target):
     """(block index, target name, Dense layer) for every adapted projection."""
@@ -51,7 +84,14 @@ def target_layers(backbone, target):
     return layers
 
 
-def enable_lora(backbone, rank, alpha=None, target=("query", "value")):
+def enable_lora(backbone, rank, alpha=None, target=("query", "value"),
+                target_layer_names=None):
+    # keras-hub's signature is enable_lora(rank, target_layer_names): a list
+    # of names in our `alpha` place is keras-hub's positional call.
+    if isinstance(alpha, (list, tuple, str)) and target_layer_names is None:
+        alpha, target_layer_names = None, alpha
+    if target_layer_names is not None:
+        target = target_from_layer_names(target_layer_names)
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"LoRA `rank` must be an integer >= 1, got {rank!r}.")
     if alpha is not None and (not isinstance(alpha, (int, float)) or alpha <= 0):

@@ -1,5 +1,6 @@
 """Strings to model inputs, for training, scoring and generation."""
 
+import keras
 import numpy as np
 
 from keras_gemma.validation import check_text
@@ -31,6 +32,7 @@ def _as_string_list(x, what):
     )
 
 
+@keras.saving.register_keras_serializable(package="keras_gemma")
 class GemmaCausalLMPreprocessor:
     """Turns text into ``{"token_ids", "padding_mask"}`` for a Gemma model.
 
@@ -66,14 +68,44 @@ class GemmaCausalLMPreprocessor:
         add_start_token=True,
         add_end_token=True,
     ):
-        if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 1:
-            raise ValueError(
-                f"`sequence_length` must be a positive integer, got {sequence_length!r}."
-            )
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer
         self.sequence_length = sequence_length
         self.add_start_token = add_start_token
         self.add_end_token = add_end_token
+
+    @property
+    def sequence_length(self):
+        """Length of the model inputs; settable, as in keras-hub
+        (``gemma_lm.preprocessor.sequence_length = 256``)."""
+        return self._sequence_length
+
+    @sequence_length.setter
+    def sequence_length(self, value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"`sequence_length` must be a positive integer, got {value!r}."
+            )
+        self._sequence_length = value
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            raise ValueError(
+                "This preprocessor has no tokenizer: it was rebuilt from a "
+                "config alone, which holds no vocabulary. Load whole models "
+                "with keras.models.load_model('model.keras') (the file holds "
+                "the vocabulary), or set `preprocessor.tokenizer = "
+                "GemmaTokenizer(...)`."
+            )
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    @property
+    def has_tokenizer(self):
+        return self._tokenizer is not None
 
     def _pack(self, sequences, length, add_end_token, prefix_lengths=None):
         """Adds special tokens, truncates and right-pads to ``length``.
@@ -176,11 +208,29 @@ class GemmaCausalLMPreprocessor:
         return texts
 
     def get_config(self):
+        # The tokenizer's vocabulary is not in the config: it is an asset
+        # (see GemmaCausalLM.save_assets).
+        tokenizer = None
+        if self.has_tokenizer:
+            tokenizer = keras.saving.serialize_keras_object(self.tokenizer)
         return {
+            "tokenizer": tokenizer,
             "sequence_length": self.sequence_length,
             "add_start_token": self.add_start_token,
             "add_end_token": self.add_end_token,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        """A preprocessor from ``get_config``; its tokenizer comes later,
+        from the saved assets, unless the config carries the vocabulary."""
+        config = dict(config)
+        tokenizer = config.pop("tokenizer", None)
+        if isinstance(tokenizer, dict) and tokenizer.get("config", {}).get("proto"):
+            tokenizer = keras.saving.deserialize_keras_object(tokenizer)
+        elif not hasattr(tokenizer, "tokenize"):
+            tokenizer = None
+        return cls(tokenizer=tokenizer, **config)
 
     @classmethod
     def from_preset(cls, preset, **kwargs):

@@ -432,7 +432,16 @@ def _progress(iterable, total, description):
             progress.advance(task)
 
 
-def load_backbone(preset, load_weights=True, dtype=None):
+def _refuse_unknown(where, kwargs, accepted):
+    if kwargs:
+        raise TypeError(
+            f"{where} got unexpected argument(s) {', '.join(sorted(kwargs))}. "
+            f"It takes: {', '.join(accepted)}."
+        )
+
+
+def load_backbone(preset, load_weights=True, dtype=None, **kwargs):
+    _refuse_unknown("GemmaBackbone.from_preset()", kwargs, ("preset", "load_weights", "dtype"))
     return _build_backbone(_Checkpoint(preset, load_weights), load_weights, dtype)
 
 
@@ -451,8 +460,12 @@ def load_preprocessor(preset, sequence_length=None, **kwargs):
     )
 
 
-def load_causal_lm(preset, load_weights=True, dtype=None, sequence_length=None, quantize=None,
-                   vision_encoder=False):
+def load_causal_lm(preset, load_weights=True, dtype=None, sequence_length=None,
+                   quantize=None, preprocessor=None, backbone=None, vision_encoder=False,
+                   **kwargs):
+    """A GemmaCausalLM; ``preprocessor`` / ``backbone``, if given, are used
+    as they are instead of being loaded (keras-hub's meaning). Other keyword
+    arguments (e.g. ``name``) go to the ``GemmaCausalLM`` constructor."""
     if vision_encoder:
         raise ValueError(
             f"{preset}: keras_gemma runs Gemma's text models only and cannot load a "
@@ -464,15 +477,31 @@ def load_causal_lm(preset, load_weights=True, dtype=None, sequence_length=None, 
     from keras_gemma.causal_lm import GemmaCausalLM
     from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
 
+    if preprocessor is not None and sequence_length is not None:
+        raise ValueError(
+            "Pass either `preprocessor=` or `sequence_length=`, not both: set "
+            "the length on the preprocessor you pass."
+        )
+    if backbone is not None and (dtype is not None or quantize is not None):
+        raise ValueError(
+            "`dtype=` and `quantize=` apply to the backbone being loaded; with "
+            "`backbone=` given, build that backbone with them instead."
+        )
     _refuse_embedder_name(preset)
-    checkpoint = _Checkpoint(preset, need_weights=load_weights, need_files=True)
-    _refuse_embedder_checkpoint(checkpoint)
-    backbone = _build_backbone(checkpoint, load_weights, dtype, quantize)
-    preprocessor = GemmaCausalLMPreprocessor(
-        checkpoint.tokenizer(),
-        sequence_length=sequence_length or checkpoint.sequence_length(),
+    checkpoint = _Checkpoint(
+        preset,
+        need_weights=load_weights and backbone is None,
+        need_files=preprocessor is None or (load_weights and backbone is None),
     )
-    model = GemmaCausalLM(backbone=backbone, preprocessor=preprocessor)
+    _refuse_embedder_checkpoint(checkpoint)
+    if backbone is None:
+        backbone = _build_backbone(checkpoint, load_weights, dtype, quantize)
+    if preprocessor is None:
+        preprocessor = GemmaCausalLMPreprocessor(
+            checkpoint.tokenizer(),
+            sequence_length=sequence_length or checkpoint.sequence_length(),
+        )
+    model = GemmaCausalLM(backbone=backbone, preprocessor=preprocessor, **kwargs)
     model.context_length = checkpoint.context_length()
     return model
 

@@ -6,26 +6,60 @@ drawn by ``GemmaCausalLM.generate`` from numpy with the user's ``seed``; each
 sampler turns it into a token by inverting its distribution's CDF. This keeps
 sampling inside the compiled decode loop with no random state to thread
 through it, and the same seed gives every backend the same random numbers.
+
+The constructors take keras-hub's arguments (``k``, ``p``, ``seed``,
+``temperature``). A sampler's ``seed`` works as in keras-hub: fresh models
+compiled with ``TopKSampler(k=5, seed=2)`` generate the same text, and each
+further ``generate`` call with the same sampler draws new numbers (the seed
+for call ``n`` is ``[seed, n]``). ``generate(seed=...)`` overrides it.
 """
 
+import keras
 from keras import ops
 
 
+def _register(cls):
+    return keras.saving.register_keras_serializable(package="keras_gemma")(cls)
+
+
+@_register
 class Sampler:
     """Base class: ``temperature`` divides the logits before softmax."""
 
-    def __init__(self, temperature=1.0):
-        if not isinstance(temperature, (int, float)) or temperature <= 0:
+    def __init__(self, temperature=1.0, seed=None):
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
             raise ValueError(
                 f"`temperature` must be a number > 0, got {temperature!r}."
             )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(
+                f"`seed` must be None or an integer >= 0, got {seed!r}."
+            )
         self.temperature = float(temperature)
+        self.seed = seed
+        self._calls = 0
 
     def __call__(self, logits, uniform):
         raise NotImplementedError
 
+    def next_seed(self):
+        """The numpy seed for the next ``generate`` call: None (fresh
+        entropy) without a ``seed``, else ``[seed, number of calls so far]``."""
+        if self.seed is None:
+            return None
+        seed = [self.seed, self._calls]
+        self._calls += 1
+        return seed
+
     def get_config(self):
-        return {"temperature": self.temperature}
+        config = {"temperature": self.temperature}
+        if self.seed is not None:
+            config["seed"] = self.seed
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     def _pick(self, probabilities, uniform):
         """Index j with cdf[j - 1] <= u < cdf[j], for each row."""
@@ -39,11 +73,16 @@ class Sampler:
         return ops.softmax(logits / self.temperature, axis=-1)
 
 
+@_register
 class GreedySampler(Sampler):
-    """Always the most likely token. Deterministic; the default."""
+    """Always the most likely token. Deterministic; the default.
 
-    def __init__(self):
-        super().__init__(1.0)
+    ``temperature`` is accepted (as keras-hub does) but cannot change the
+    most likely token.
+    """
+
+    def __init__(self, temperature=1.0):
+        super().__init__(temperature)
 
     def __call__(self, logits, uniform):
         return ops.cast(ops.argmax(logits, axis=-1), "int32")
@@ -52,18 +91,26 @@ class GreedySampler(Sampler):
         return {}
 
 
+@_register
 class RandomSampler(Sampler):
     """Samples from the whole (temperature-scaled) distribution."""
+
+    def __init__(self, seed=None, temperature=1.0):
+        super().__init__(temperature, seed)
 
     def __call__(self, logits, uniform):
         return self._pick(self._probabilities(logits), uniform)
 
 
+@_register
 class TopKSampler(Sampler):
-    """Samples among the ``k`` most likely tokens."""
+    """Samples among the ``k`` most likely tokens.
 
-    def __init__(self, k=5, temperature=1.0):
-        super().__init__(temperature)
+    Example: ``gemma.compile(sampler=TopKSampler(k=5, seed=2))``.
+    """
+
+    def __init__(self, k=5, seed=None, temperature=1.0):
+        super().__init__(temperature, seed)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"`k` must be an integer >= 1, got {k!r}.")
         self.k = k
@@ -77,18 +124,19 @@ class TopKSampler(Sampler):
         )
 
     def get_config(self):
-        return {"k": self.k, "temperature": self.temperature}
+        return {"k": self.k, **super().get_config()}
 
 
+@_register
 class TopPSampler(Sampler):
     """Nucleus sampling: the smallest set of top tokens with mass >= ``p``.
 
     ``k`` optionally limits the candidates first, which saves sorting the
-    whole vocabulary at every step.
+    whole vocabulary at every step. ``p`` defaults to 0.1, as in keras-hub.
     """
 
-    def __init__(self, p=0.9, k=None, temperature=1.0):
-        super().__init__(temperature)
+    def __init__(self, p=0.1, k=None, seed=None, temperature=1.0):
+        super().__init__(temperature, seed)
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
             raise ValueError(f"`p` must be a number in (0, 1], got {p!r}.")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
@@ -110,7 +158,7 @@ class TopPSampler(Sampler):
         )
 
     def get_config(self):
-        return {"p": self.p, "k": self.k, "temperature": self.temperature}
+        return {"p": self.p, "k": self.k, **super().get_config()}
 
 
 SAMPLERS = {
@@ -121,12 +169,53 @@ SAMPLERS = {
 }
 
 
+class _NotProvided:
+    """A keras-hub sampler keras_gemma does not have: a clear error on use."""
+
+    instead = ""
+
+    def __init__(self, *args, **kwargs):
+        raise NotImplementedError(
+            f"keras_gemma has no {type(self).__name__}. {self.instead} "
+            "Available: GreedySampler, RandomSampler, TopKSampler, TopPSampler."
+        )
+
+
+class BeamSampler(_NotProvided):
+    instead = "For deterministic output use GreedySampler (the default)."
+
+
+class ContrastiveSampler(_NotProvided):
+    instead = "Use TopKSampler or TopPSampler."
+
+
+class SpeculativeSampler(_NotProvided):
+    instead = "Use TopKSampler or TopPSampler."
+
+
+def serialize(sampler):
+    """A sampler as a JSON-able dict (as ``keras_hub.samplers.serialize``)."""
+    return keras.saving.serialize_keras_object(sampler)
+
+
+def deserialize(config, custom_objects=None):
+    """The sampler ``serialize`` described."""
+    return keras.saving.deserialize_keras_object(
+        config,
+        module_objects={**SAMPLERS, **{c.__name__: c for c in SAMPLERS.values()}},
+        custom_objects=custom_objects,
+    )
+
+
 def get(identifier):
-    """A sampler from a name (``"greedy"``, ``"top_k"``, ...) or an instance."""
+    """A sampler from a name (``"greedy"``, ``"top_k"``, ...), an instance, or
+    a ``serialize`` dict."""
     if isinstance(identifier, Sampler):
         return identifier
     if isinstance(identifier, str) and identifier in SAMPLERS:
         return SAMPLERS[identifier]()
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
     raise ValueError(
         f"Unknown sampler {identifier!r}. Use one of {sorted(SAMPLERS)} or a "
         "keras_gemma.samplers.Sampler instance, e.g. TopKSampler(k=10)."

@@ -186,6 +186,15 @@ class GemmaTokenizer:
         # the config.
         return {}
 
+    @classmethod
+    def from_config(cls, config):
+        if not config.get("proto"):
+            raise ValueError(
+                "A GemmaTokenizer config holds no vocabulary; build it with "
+                "GemmaTokenizer(proto) or GemmaTokenizer.load_assets(dir)."
+            )
+        return cls(config["proto"])
+
     def save_assets(self, dir_path):
         dir_path = pathlib.Path(dir_path)
         dir_path.mkdir(parents=True, exist_ok=True)
