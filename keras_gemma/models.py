@@ -111,6 +111,12 @@ def _from_keras_hub_gemma3(kwargs):
                 f"Gemma3Backbone({flag}=True) is not supported: keras_gemma "
                 "builds causal text models only."
             )
+    if kwargs.pop("vision_encoder", None) is not None:
+        raise ValueError(
+            "Gemma3Backbone(vision_encoder=...) is not supported: keras_gemma "
+            "builds Gemma 3's text model only, without a vision encoder. Pass "
+            "vision_encoder=None (a full checkpoint's text model loads with from_preset)."
+        )
     kwargs.pop("image_size", None)  # only sizes the vision encoder
     kwargs.pop("pooling_intermediate_dim", None)
     kwargs.pop("embedding_dim", None)
