@@ -247,7 +247,7 @@ class _Checkpoint:
 
         shapes = checkpoint_shapes(backbone)
         if self.source.kind == "keras":
-            family = "gemma3" if self.config.get("use_query_key_norm") else "gemma"
+            family = keras_hub_format.weight_family(self.config)
             yield from keras_hub_format.read_weights(self.source.path, shapes, family)
         elif self.source.kind == "gguf":
             from keras_gemma.checkpoints import gguf
@@ -273,7 +273,9 @@ class _Checkpoint:
         if self.source.kind == "keras":
             path = self.source.path / "assets" / "tokenizer" / "vocabulary.spm"
         else:
-            path = self.source.path / "tokenizer.model"
+            from keras_gemma.checkpoints import huggingface
+
+            path = Path(huggingface.tokenizer_file(self.source.path))
         if not path.is_file():
             raise FileNotFoundError(
                 f"{self.source.path}: the tokenizer file {path.name} is missing "
@@ -411,11 +413,7 @@ def save_preset(preset_dir, backbone, preprocessor=None, tokenizer=None):
         dtype_name = backbone.dtype_policy.name
         serialized = backbone_json(config, dtype_name)
         _write_json(staging / "config.json", serialized)
-        family = {"Gemma3Backbone": "gemma3", "GemmaBackbone": "gemma"}[
-            serialized["class_name"]
-        ]
-        if serialized["registered_name"].startswith("keras_gemma>"):
-            family = "gemma3" if config["use_query_key_norm"] else "gemma"
+        family = keras_hub_format.weight_family(config)
         write_weights(staging / "model.weights.h5", backbone, family)
         metadata = metadata_json(backbone.count_params())
         if tokenizer is not None:
