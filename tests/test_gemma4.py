@@ -127,3 +127,27 @@ def test_score_and_stream(causal_lms):
     )
     text = "".join(lm.stream("hello world", max_length=12, stop_token_ids=None))
     assert text == lm.generate("hello world", max_length=12, stop_token_ids=None, strip_prompt=True)
+
+
+@pytest.fixture(scope="module")
+def keras_hub():
+    return pytest.importorskip("keras_hub")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_keras_hub_gemma4_backbone_reads_our_preset(name, keras_hub, tmp_path):
+    """The same weights through keras-hub's Gemma4Backbone give our logits
+    (so keras-hub also reads what save_to_preset writes)."""
+    ours = backbone(name)
+    ours.save_to_preset(tmp_path / "preset")
+    theirs = keras_hub.models.Gemma4Backbone.from_preset(str(tmp_path / "preset"))
+    positions = np.broadcast_to(np.arange(TOKEN_IDS.shape[1]), TOKEN_IDS.shape)
+    hidden = theirs({"token_ids": TOKEN_IDS, "padding_mask": PADDING_MASK.astype("int32"),
+                     "position_ids": positions.astype("int32")})
+    expected = to_numpy(theirs.token_embedding(hidden, reverse=True))
+    np.testing.assert_allclose(
+        logits_of(ours)[PADDING_MASK], expected[PADDING_MASK], atol=TOLERANCE, rtol=0
+    )
+    # And our reader takes keras-hub's files back.
+    again = keras_gemma.GemmaBackbone.from_preset(str(tmp_path / "preset"))
+    np.testing.assert_allclose(logits_of(again), logits_of(ours), atol=1e-6, rtol=0)

@@ -245,19 +245,8 @@ _LAYER_PATTERN = re.compile(r"^(?:language_model\.)?model\.layers\.(\d+)\.(.+)$"
 
 
 _GEMMA4_LAYER_NAMES = {
-    "input_layernorm.weight": "pre_attention_norm/scale",
+    **_LAYER_NAMES,
     "post_attention_layernorm.weight": "post_attention_norm/scale",
-    "self_attn.q_proj.weight": "attention/query/kernel",
-    "self_attn.k_proj.weight": "attention/key/kernel",
-    "self_attn.v_proj.weight": "attention/value/kernel",
-    "self_attn.o_proj.weight": "attention/output/kernel",
-    "self_attn.q_norm.weight": "attention/query_norm/scale",
-    "self_attn.k_norm.weight": "attention/key_norm/scale",
-    "pre_feedforward_layernorm.weight": "pre_feedforward_norm/scale",
-    "post_feedforward_layernorm.weight": "post_feedforward_norm/scale",
-    "mlp.gate_proj.weight": "feedforward_gate/kernel",
-    "mlp.up_proj.weight": "feedforward_up/kernel",
-    "mlp.down_proj.weight": "feedforward_down/kernel",
     "post_feedforward_layernorm_1.weight": "post_dense_feedforward_norm/scale",
     "pre_feedforward_layernorm_2.weight": "experts/pre_norm/scale",
     "post_feedforward_layernorm_2.weight": "experts/post_norm/scale",

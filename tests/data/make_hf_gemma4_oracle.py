@@ -38,6 +38,12 @@ PADDING_MASK = (TOKEN_IDS != 0).astype("int64")
 GREEDY_NEW_TOKENS = 8
 
 S, F = "sliding_attention", "full_attention"
+# RoPE of every published Gemma 4 model.
+PUBLISHED_ROPE = {
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+    "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                       "rope_theta": 1_000_000.0},
+}
 COMMON = dict(
     vocab_size=VOCABULARY_SIZE, hidden_size=32, num_attention_heads=4,
     head_dim=16, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh",
@@ -54,11 +60,7 @@ TINY = {
         layer_types=[S, S, S, S, F] * 2, num_kv_shared_layers=4,
         use_double_wide_mlp=True, hidden_size_per_layer_input=4,
         vocab_size_per_layer_input=VOCABULARY_SIZE,
-        rope_parameters={
-            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
-            "full_attention": {"rope_type": "proportional",
-                               "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
-        },
+        rope_parameters=PUBLISHED_ROPE,
     ),
     # 26B-A4B-like: expert mixture (top 2 of 8) beside the dense MLP, full
     # layers with K = V and their own (fewer) key/value heads.
@@ -68,11 +70,7 @@ TINY = {
         layer_types=[S, S, S, F], attention_k_eq_v=True,
         hidden_size_per_layer_input=0, enable_moe_block=True, num_experts=8,
         top_k_experts=2, moe_intermediate_size=12,
-        rope_parameters={
-            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
-            "full_attention": {"rope_type": "proportional",
-                               "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
-        },
+        rope_parameters=PUBLISHED_ROPE,
     ),
     # 31B-like dense: proportional RoPE (half the head), global head size
     # and RoPE base different from the sliding layers', 5 : 1 pattern.
@@ -95,11 +93,6 @@ STORED_AS_BFLOAT16 = {"ple", "moe"}
 
 # Published text configs (config.json "text_config" of google/gemma-4-*;
 # the same in keras-hub's and other readers' copies; see presets/gemma4_*.json).
-_E_ROPE = {
-    "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
-    "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
-                       "rope_theta": 1_000_000.0},
-}
 PUBLISHED = {
     "gemma-4-E2B": dict(
         vocab_size=262_144, hidden_size=1536, intermediate_size=6144,
@@ -109,7 +102,7 @@ PUBLISHED = {
         use_double_wide_mlp=True, hidden_size_per_layer_input=256,
         vocab_size_per_layer_input=262_144, attention_k_eq_v=False,
         final_logit_softcapping=30.0, max_position_embeddings=131_072,
-        rope_parameters=_E_ROPE,
+        rope_parameters=PUBLISHED_ROPE,
     ),
     "gemma-4-E4B": dict(
         vocab_size=262_144, hidden_size=2560, intermediate_size=10_240,
@@ -119,7 +112,7 @@ PUBLISHED = {
         use_double_wide_mlp=False, hidden_size_per_layer_input=256,
         vocab_size_per_layer_input=262_144, attention_k_eq_v=False,
         final_logit_softcapping=30.0, max_position_embeddings=131_072,
-        rope_parameters=_E_ROPE,
+        rope_parameters=PUBLISHED_ROPE,
     ),
     "gemma-4-26B-A4B": dict(
         vocab_size=262_144, hidden_size=2816, intermediate_size=2112,
@@ -130,7 +123,7 @@ PUBLISHED = {
         attention_k_eq_v=True, enable_moe_block=True, num_experts=128,
         top_k_experts=8, moe_intermediate_size=704,
         final_logit_softcapping=30.0, max_position_embeddings=262_144,
-        rope_parameters=_E_ROPE,
+        rope_parameters=PUBLISHED_ROPE,
     ),
     "gemma-4-31B": dict(
         vocab_size=262_144, hidden_size=5376, intermediate_size=21_504,
@@ -139,7 +132,7 @@ PUBLISHED = {
         sliding_window=1024, layer_types=([S] * 5 + [F]) * 10,
         num_kv_shared_layers=0, hidden_size_per_layer_input=0,
         attention_k_eq_v=True, final_logit_softcapping=30.0,
-        max_position_embeddings=262_144, rope_parameters=_E_ROPE,
+        max_position_embeddings=262_144, rope_parameters=PUBLISHED_ROPE,
     ),
 }
 
