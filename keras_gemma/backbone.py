@@ -40,7 +40,7 @@ from keras import ops
 
 from keras_gemma.decoder_block import GemmaDecoderBlock
 from keras_gemma.embedding import TiedEmbedding
-from keras_gemma.layer_specs import layer_specs
+from keras_gemma.layer_specs import SLIDING, layer_specs, layer_types
 from keras_gemma.per_layer_embedding import PerLayerEmbedding
 from keras_gemma.quantization import QuantizableDense
 from keras_gemma.rms_norm import RMSNorm
@@ -76,7 +76,10 @@ CONFIG_DEFAULTS = {
     "rope_max_wavelength": 10_000.0,
     "rope_scaling_factor": 1.0,
     "local_rope_max_wavelength": None,
-    # Gemma 4 (see the table above and layer_specs.py).
+}
+# Gemma 4's switches (see the table above and layer_specs.py); their
+# defaults are Gemma 1-3's behaviour, so older configs need not list them.
+GEMMA4_CONFIG_DEFAULTS = {
     "norm_scale_plus_one": True,
     "use_value_norm": False,
     "layer_types": None,
@@ -93,6 +96,7 @@ CONFIG_DEFAULTS = {
     "expert_intermediate_dim": None,
     "use_layer_scalar": False,
 }
+CONFIG_DEFAULTS.update(GEMMA4_CONFIG_DEFAULTS)
 REQUIRED_CONFIG = (
     "vocabulary_size",
     "num_layers",
@@ -243,7 +247,7 @@ class GemmaBackbone(keras.Model):
                 use_query_key_norm=self.use_query_key_norm,
                 use_post_attention_norm=self.use_post_attention_norm,
                 use_post_feedforward_norm=self.use_post_feedforward_norm,
-                use_sliding_window=spec.sliding and self.sliding_window_size is not None,
+                use_sliding_window=self.is_sliding_window_layer(spec.index),
                 norm_scale_plus_one=self.norm_scale_plus_one,
                 use_value_norm=self.use_value_norm,
                 value_from_key=spec.value_from_key,
@@ -277,7 +281,15 @@ class GemmaBackbone(keras.Model):
         self.built = True
 
     def is_sliding_window_layer(self, index):
-        return self.decoder_blocks[index].use_sliding_window
+        if self.sliding_window_size is None:
+            return False
+        config = {
+            "num_layers": self.num_layers,
+            "layer_types": getattr(self, "layer_types", None),
+            "sliding_window_size": self.sliding_window_size,
+            "sliding_window_pattern": self.sliding_window_pattern,
+        }
+        return layer_types(config)[index] == SLIDING
 
     # -- forward -----------------------------------------------------------
 

@@ -10,6 +10,18 @@ import dataclasses
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
+# The switches every Gemma 4 text model sets the same way (see the table in
+# backbone.py); checkpoint readers add the ones that vary by model.
+GEMMA4_COMMON_SWITCHES = {
+    "query_pre_attn_scalar": 1.0,  # no query scaling
+    "use_post_attention_norm": True,
+    "use_post_feedforward_norm": True,
+    "use_query_key_norm": True,
+    "norm_scale_plus_one": False,
+    "use_value_norm": True,
+    "use_layer_scalar": True,
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerSpec:

@@ -13,6 +13,8 @@ import struct
 
 import numpy as np
 
+from keras_gemma.layer_specs import GEMMA4_COMMON_SWITCHES
+
 _DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16",
            "F64": "float64"}
 _SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3",
@@ -32,6 +34,12 @@ def read_config(folder):
             hf = json.load(f)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error}).") from None
+    return config_from_hf(hf, path)
+
+
+def config_from_hf(hf, path="config.json"):
+    """Our backbone kwargs from a transformers config dict; ``path`` names it
+    in errors."""
     model_type = hf.get("model_type")
     if model_type in ("gemma3n", "gemma3n_text"):
         raise ValueError(
@@ -124,14 +132,8 @@ def _gemma4_config(hf, path):
     global_head_dim, global_kv_heads = _full_layer_shape(hf, layer_types, k_eq_v, path)
     per_layer_dim = hf.get("hidden_size_per_layer_input", 256) or 0
     config = {
-        "query_pre_attn_scalar": 1.0,  # Gemma 4 does not scale queries
+        **GEMMA4_COMMON_SWITCHES,
         "final_logit_soft_cap": hf.get("final_logit_softcapping"),
-        "use_post_attention_norm": True,
-        "use_post_feedforward_norm": True,
-        "use_query_key_norm": True,
-        "norm_scale_plus_one": False,
-        "use_value_norm": True,
-        "use_layer_scalar": True,
         "sliding_window_size": hf.get("sliding_window", 512),
         "layer_types": layer_types,
         "global_head_dim": global_head_dim,

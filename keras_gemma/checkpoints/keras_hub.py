@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from keras_gemma.layer_specs import layer_specs, layer_types
+from keras_gemma.layer_specs import GEMMA4_COMMON_SWITCHES, layer_specs, layer_types
 
 # keras-hub's layer names inside model.weights.h5, per decoder block.
 _BLOCK_LAYERS = {
@@ -181,13 +181,7 @@ def _gemma4_config_from_keras_hub(config, source):
     global_kv_heads = config.get("num_global_key_value_heads")
     per_layer_dim = config.get("hidden_size_per_layer_input") or 0
     ours = {
-        "query_pre_attn_scalar": 1.0,
-        "use_post_attention_norm": True,
-        "use_post_feedforward_norm": True,
-        "use_query_key_norm": True,
-        "norm_scale_plus_one": False,
-        "use_value_norm": True,
-        "use_layer_scalar": True,
+        **GEMMA4_COMMON_SWITCHES,
         "sliding_window_size": (
             config.get("sliding_window_size", 512)
             if config.get("use_sliding_window_attention", True) else None),
