@@ -40,6 +40,7 @@ from keras import ops
 
 from keras_gemma.decoder_block import GemmaDecoderBlock
 from keras_gemma.embedding import TiedEmbedding
+from keras_gemma.expert_feed_forward import ExpertKernel
 from keras_gemma.layer_specs import SLIDING, layer_specs, layer_types
 from keras_gemma.per_layer_embedding import PerLayerEmbedding
 from keras_gemma.quantization import QuantizableDense
@@ -429,6 +430,7 @@ class GemmaBackbone(keras.Model):
     def count_parameters(config):
         """Parameters of a backbone with this config, without building it."""
         config = {**CONFIG_DEFAULTS, **config}
+        _validate_config(config)
         hidden = config["hidden_dim"]
         queries = config["num_query_heads"]
         total = config["vocabulary_size"] * hidden + hidden  # + final norm
@@ -519,10 +521,11 @@ class GemmaBackbone(keras.Model):
             raise ValueError("This backbone is already quantized to int8.")
         if kwargs:
             raise TypeError(f"Unexpected arguments to quantize: {sorted(kwargs)}.")
+        # Every projection, the expert kernels and both embedding tables
+        # (the per-layer one is most of Gemma 4 E2B's bytes).
         for layer in self._flatten_layers():
-            if isinstance(layer, QuantizableDense):
+            if isinstance(layer, (QuantizableDense, ExpertKernel, TiedEmbedding)):
                 layer.quantize(mode)
-        self.token_embedding.quantize(mode)
         self.train_function = self.test_function = self.predict_function = None
 
     @property
@@ -536,7 +539,10 @@ class GemmaBackbone(keras.Model):
 
         ``target`` names projections in every decoder block: ``query``,
         ``key``, ``value``, ``output`` (attention) and ``gate``, ``up``,
-        ``down`` (feed-forward). The update is ``(alpha / rank) * A @ B``;
+        ``down`` (the dense feed-forward). Gemma 4 layers that lack a
+        projection are skipped (KV-shared layers have no key/value), and
+        the expert kernels, router and per-layer embeddings stay frozen.
+        The update is ``(alpha / rank) * A @ B``;
         ``alpha`` defaults to ``rank``. Adds ``rank * (in + out)`` trainable
         parameters per adapted kernel, in float32.
         """

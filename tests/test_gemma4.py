@@ -151,3 +151,189 @@ def test_keras_hub_gemma4_backbone_reads_our_preset(name, keras_hub, tmp_path):
     # And our reader takes keras-hub's files back.
     again = keras_gemma.GemmaBackbone.from_preset(str(tmp_path / "preset"))
     np.testing.assert_allclose(logits_of(again), logits_of(ours), atol=1e-6, rtol=0)
+
+
+# -- config, counting, int8, LoRA, sharding -----------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_round_trip_and_parameter_count(name):
+    model = backbone(name)
+    config = model.get_config()
+    again = keras_gemma.GemmaBackbone.from_config(config)
+    assert again.get_config() == config
+    assert [w.shape for w in again.weights] == [w.shape for w in model.weights]
+    # Counted from the config alone, without building anything.
+    assert keras_gemma.GemmaBackbone.count_parameters(model._config()) == model.count_params()
+
+
+def _dequantized_weights(model):
+    """Our int8 model's weights as float: levels times their group scales."""
+    from keras_gemma.checkpoints import checkpoint_shapes
+
+    values = {v.path: to_numpy(v) for v in model.weights}
+    weights = {}
+    for path, shape in checkpoint_shapes(model).items():
+        if path in values and values[path].dtype != np.int8:
+            weights[path] = values[path]
+            continue
+        levels = values.get(path + "_int8", values.get(path))
+        scales = values[path.removesuffix("/embeddings").removesuffix("/kernel")
+                        + ("/embeddings_scale" if path.endswith("embeddings") else "/kernel_scale")]
+        if path.endswith("embeddings"):  # (rows, cols), groups along cols
+            weights[path] = (levels.reshape(*scales.shape, -1) * scales[..., None]).reshape(shape)
+        elif levels.ndim == 3:  # experts (experts, in, out), groups along in
+            e, i, o = levels.shape
+            grouped = levels.reshape(e, scales.shape[1], -1, o) * scales[:, :, None, :]
+            weights[path] = grouped.reshape(shape)
+        else:  # Dense, stored (out, in), groups along in
+            out, inp = levels.shape
+            grouped = levels.reshape(out, scales.shape[1], -1) * scales[..., None]
+            weights[path] = grouped.reshape(out, inp).T
+    return weights
+
+
+def test_int8_covers_experts_and_per_layer_table():
+    """Every matrix, the experts and both embedding tables become int8, and
+    the int8 model computes exactly what its dequantized weights do."""
+    from keras_gemma.checkpoints import assign_weights
+
+    for name in ("ple", "moe"):
+        lm = keras_gemma.GemmaCausalLM.from_preset(str(folder(name)), quantize="int8")
+        model = lm.backbone
+        assert model.is_quantized
+        int8 = {v.path for v in model.weights if v.dtype == "int8"}
+        if name == "moe":
+            assert {f"decoder_block_0/experts/{k}/kernel_int8" for k in ("gate", "up", "down")} <= int8
+        else:
+            assert "per_layer_embedding/token_embedding/embeddings_int8" in int8
+        # No float matrix left: only norms, scalars and scales stay float.
+        assert not [v.path for v in model.weights
+                    if v.dtype != "int8" and len(v.shape) >= 2 and "scale" not in v.path]
+        reference = keras_gemma.GemmaBackbone.from_preset(str(folder(name)))
+        assign_weights(reference, _dequantized_weights(model), "dequantized")
+        np.testing.assert_allclose(logits_of(model), logits_of(reference), atol=1e-4, rtol=0)
+        assert np.abs(logits_of(model) - ORACLE[f"{name}_logits"])[PADDING_MASK].max() < 2.0
+
+
+def test_lora_fit_on_gemma4(tokenizer):
+    """Attention and dense feed-forward targets; layers without a key or
+    value projection (KV-shared, K = V) are skipped; experts stay frozen."""
+    for name in ("ple", "moe"):
+        model = keras_gemma.GemmaBackbone.from_preset(str(folder(name)))
+        model.enable_lora(2, target=("query", "key", "value", "output", "gate", "up", "down"))
+        trainable = {v.path.rsplit("/", 1)[0] for v in model.trainable_weights}
+        specs = model.layer_specs
+        keys = [s.index for s in specs if s.kv_source is None]
+        values = [s.index for s in specs if s.kv_source is None and not s.value_from_key]
+        assert {p for p in trainable if p.endswith("attention/key")} == {
+            f"decoder_block_{i}/attention/key" for i in keys}
+        assert {p for p in trainable if p.endswith("attention/value")} == {
+            f"decoder_block_{i}/attention/value" for i in values}
+        assert not any("experts" in p or "per_layer" in p for p in trainable)
+        preprocessor = keras_gemma.GemmaCausalLMPreprocessor(tokenizer, sequence_length=12)
+        lm = keras_gemma.GemmaCausalLM(model, preprocessor)
+        lm.compile(optimizer="adam")
+        before = logits_of(model)
+        history = lm.fit(["hello world", "the quick brown fox"], batch_size=2, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+        after = logits_of(model)
+        assert np.abs(after - before).max() > 0  # the adapter trained
+        model.merge_lora()
+        np.testing.assert_allclose(logits_of(model), after, atol=1e-4, rtol=0)
+
+
+def test_layout_map_splits_experts_over_the_model_axis():
+    import keras
+
+    if keras.config.backend() != "jax":
+        pytest.skip("keras.distribution layouts are JAX-only")
+    devices = keras.distribution.list_devices()
+    mesh = keras.distribution.DeviceMesh((1, len(devices)), ("batch", "model"), devices)
+    layout_map = keras_gemma.GemmaBackbone.get_layout_map(mesh)
+    assert tuple(layout_map["decoder_block_3/experts/gate/kernel"].axes) == ("model", None, None)
+    assert tuple(layout_map["decoder_block_0/experts/down/kernel"].axes) == ("model", None, None)
+    assert tuple(layout_map["per_layer_embedding/token_embedding/embeddings"].axes) == ("model", None)
+    assert tuple(layout_map["decoder_block_1/attention/query/kernel"].axes) == (None, "model")
+
+
+# -- bad input -------------------------------------------------------------------
+
+
+def _copy(name, tmp_path):
+    import shutil
+
+    target = tmp_path / name
+    shutil.copytree(folder(name), target)
+    return target
+
+
+def _write_safetensors(path, tensors):
+    """A minimal safetensors file (numpy float32 tensors)."""
+    import json
+    import struct
+
+    header, offset, blobs = {}, 0, []
+    for key, array in tensors.items():
+        data = np.ascontiguousarray(array, "<f4").tobytes()
+        header[key] = {"dtype": "F32", "shape": list(array.shape),
+                       "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    encoded = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
+
+
+def test_folder_with_only_vision_weights(tmp_path):
+    target = _copy("moe", tmp_path)
+    (target / "model.safetensors").unlink()
+    _write_safetensors(target / "model.safetensors", {
+        "model.vision_tower.encoder.layers.0.mlp.up_proj.linear.weight": np.zeros((4, 4)),
+        "model.embed_vision.embedding_projection.weight": np.zeros((4, 4)),
+    })
+    with pytest.raises(ValueError, match="no language-model weights"):
+        keras_gemma.GemmaBackbone.from_preset(str(target))
+
+
+def test_gemma3n_is_rejected_by_name(tmp_path):
+    import json
+
+    target = _copy("dense", tmp_path)
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, "model_type": "gemma3n"}))
+    with pytest.raises(ValueError, match="Gemma 3n.*not support"):
+        keras_gemma.GemmaBackbone.from_preset(str(target))
+
+
+SMALL = dict(vocabulary_size=64, num_layers=4, num_query_heads=2, num_key_value_heads=1,
+             hidden_dim=16, intermediate_dim=32, head_dim=8, sliding_window_size=4,
+             layer_types=["sliding_attention"] * 3 + ["full_attention"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # Layers 2 and 3 share, but the one non-shared... layer 3 is full and
+    # layers 0-1 are sliding: no full layer to share from.
+    (dict(num_kv_shared_layers=2), "none of the 2 non-shared layers is a 'full_attention'"),
+    (dict(num_kv_shared_layers=4), "must be smaller than `num_layers`"),
+    (dict(num_experts=4, num_experts_per_token=5, expert_intermediate_dim=8),
+     r"`num_experts_per_token` \(top-k\) must be an integer from 1 to `num_experts` \(4\)"),
+    (dict(layer_types=["sliding_attention", "full_attention"]),
+     "`layer_types` has 2 entries but the model has 4 layers"),
+    (dict(layer_types=["sliding_attention"] * 3 + ["global"]), "unknown layer types"),
+])
+def test_impossible_configs_fail_clearly(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        keras_gemma.GemmaBackbone(**{**SMALL, **overrides})
+    with pytest.raises(ValueError, match=message):
+        keras_gemma.GemmaBackbone.count_parameters({**SMALL, **overrides})
+
+
+def test_transformers_config_with_wrong_layer_types_length(tmp_path):
+    import json
+
+    target = _copy("dense", tmp_path)
+    config = json.loads((target / "config.json").read_text())
+    config["layer_types"] = config["layer_types"][:-1]
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="`layer_types` has 5 entries but the model has 6"):
+        keras_gemma.GemmaBackbone.from_preset(str(target))

@@ -113,7 +113,13 @@ def _gemma4_config(hf, path):
         layer_types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
                        for i in range(num_layers)]
     layer_types = list(layer_types)
-    if layer_types and len(layer_types) == num_layers:
+    if len(layer_types) != num_layers:
+        raise ValueError(
+            f"{path}: `layer_types` has {len(layer_types)} entries but the "
+            f"model has {num_layers} layers (num_hidden_layers); the "
+            "checkpoint's config is inconsistent."
+        )
+    if layer_types:
         # As transformers: the last layer is always full attention.
         layer_types[-1] = "full_attention"
     rope = hf.get("rope_parameters") or {}
