@@ -374,6 +374,7 @@ class GemmaBackbone(keras.Model):
                     None if per_layer_inputs is None
                     else per_layer_inputs[:, :, spec.index, :]
                 ),
+                return_key_value=True,
                 training=training,
             )
             key_values.append(key_value)

@@ -154,9 +154,11 @@ class GemmaDecoderBlock(keras.layers.Layer):
         cache_update_index=0,
         shared_key_value=None,
         per_layer_input=None,
+        return_key_value=False,
         training=False,
     ):
-        """Returns ``(x, (key, value))``; see ``GemmaAttention.call``."""
+        """Returns ``x``, or ``(x, (key, value))`` with a cache or
+        ``return_key_value`` (see ``GemmaAttention.call``)."""
         h = self.pre_attention_norm(x)
         h, key_value = self.attention(
             h,
@@ -188,4 +190,6 @@ class GemmaDecoderBlock(keras.layers.Layer):
             x = x + self.post_per_layer_input_norm(h)
         if self.use_layer_scalar:
             x = x * ops.cast(self.layer_scalar, x.dtype)
-        return x, key_value
+        if cache is not None or return_key_value:
+            return x, key_value
+        return x

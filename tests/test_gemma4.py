@@ -216,31 +216,37 @@ def test_int8_covers_experts_and_per_layer_table():
         assert np.abs(logits_of(model) - ORACLE[f"{name}_logits"])[PADDING_MASK].max() < 2.0
 
 
-def test_lora_fit_on_gemma4(tokenizer):
+@pytest.mark.parametrize("name", ("ple", "moe"))
+def test_lora_targets_skip_missing_projections(name):
     """Attention and dense feed-forward targets; layers without a key or
     value projection (KV-shared, K = V) are skipped; experts stay frozen."""
-    for name in ("ple", "moe"):
-        model = keras_gemma.GemmaBackbone.from_preset(str(folder(name)))
-        model.enable_lora(2, target=("query", "key", "value", "output", "gate", "up", "down"))
-        trainable = {v.path.rsplit("/", 1)[0] for v in model.trainable_weights}
-        specs = model.layer_specs
-        keys = [s.index for s in specs if s.kv_source is None]
-        values = [s.index for s in specs if s.kv_source is None and not s.value_from_key]
-        assert {p for p in trainable if p.endswith("attention/key")} == {
-            f"decoder_block_{i}/attention/key" for i in keys}
-        assert {p for p in trainable if p.endswith("attention/value")} == {
-            f"decoder_block_{i}/attention/value" for i in values}
-        assert not any("experts" in p or "per_layer" in p for p in trainable)
-        preprocessor = keras_gemma.GemmaCausalLMPreprocessor(tokenizer, sequence_length=12)
-        lm = keras_gemma.GemmaCausalLM(model, preprocessor)
-        lm.compile(optimizer="adam")
-        before = logits_of(model)
-        history = lm.fit(["hello world", "the quick brown fox"], batch_size=2, epochs=1, verbose=0)
-        assert np.isfinite(history.history["loss"][0])
-        after = logits_of(model)
-        assert np.abs(after - before).max() > 0  # the adapter trained
-        model.merge_lora()
-        np.testing.assert_allclose(logits_of(model), after, atol=1e-4, rtol=0)
+    model = keras_gemma.GemmaBackbone.from_preset(str(folder(name)))
+    model.enable_lora(2, target=("query", "key", "value", "output", "gate", "up", "down"))
+    trainable = {v.path.rsplit("/", 1)[0] for v in model.trainable_weights}
+    specs = model.layer_specs
+    keys = [s.index for s in specs if s.kv_source is None]
+    values = [s.index for s in specs if s.kv_source is None and not s.value_from_key]
+    assert {p for p in trainable if p.endswith("attention/key")} == {
+        f"decoder_block_{i}/attention/key" for i in keys}
+    assert {p for p in trainable if p.endswith("attention/value")} == {
+        f"decoder_block_{i}/attention/value" for i in values}
+    assert len([p for p in trainable if p.endswith("attention/query")]) == model.num_layers
+    assert not any("experts" in p or "per_layer" in p for p in trainable)
+
+
+def test_lora_fit_on_the_expert_mixture(tokenizer):
+    model = keras_gemma.GemmaBackbone.from_preset(str(folder("moe")))
+    model.enable_lora(2, target=("query", "value", "down"))
+    preprocessor = keras_gemma.GemmaCausalLMPreprocessor(tokenizer, sequence_length=8)
+    lm = keras_gemma.GemmaCausalLM(model, preprocessor)
+    lm.compile(optimizer="adam")
+    before = logits_of(model)
+    history = lm.fit(["hello world", "the quick brown fox"], batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    after = logits_of(model)
+    assert np.abs(after - before).max() > 0  # the adapter trained
+    model.merge_lora()
+    np.testing.assert_allclose(logits_of(model), after, atol=1e-4, rtol=0)
 
 
 def test_layout_map_splits_experts_over_the_model_axis():
@@ -337,3 +343,19 @@ def test_transformers_config_with_wrong_layer_types_length(tmp_path):
     (target / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="`layer_types` has 5 entries but the model has 6"):
         keras_gemma.GemmaBackbone.from_preset(str(target))
+
+
+def test_convert_round_trip(tmp_path):
+    """A transformers folder converted to a preset loads back with the same
+    logits (multimodal layout, experts included)."""
+    keras_gemma.convert(str(folder("moe")), str(tmp_path / "converted"))
+    again = keras_gemma.GemmaBackbone.from_preset(str(tmp_path / "converted"))
+    np.testing.assert_allclose(logits_of(again), logits_of(backbone("moe")), atol=1e-6, rtol=0)
+
+
+def test_folder_with_only_tokenizer_json_says_so(tmp_path):
+    target = _copy("dense", tmp_path)
+    (target / "tokenizer.model").unlink()
+    (target / "tokenizer.json").write_text("{}")
+    with pytest.raises(NotImplementedError, match="tokenizer.json"):
+        keras_gemma.GemmaTokenizer.from_preset(str(target))
