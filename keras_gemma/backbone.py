@@ -184,6 +184,23 @@ class GemmaBackbone(keras.Model):
         "padding_mask": np.array([[1, 1, 1, 0]]),
     })  # (1, 4, 32)
     logits = backbone.compute_logits(hidden)  # (1, 4, 256)
+
+    # A tiny Gemma 4: 2 sliding : 1 full layers, the full layer wider with
+    # K = V, proportional RoPE, and a top-2-of-4 expert mixture.
+    gemma4 = keras_gemma.GemmaBackbone(
+        vocabulary_size=256, num_layers=3, num_query_heads=4,
+        num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
+        head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
+        attention_k_eq_v=True, query_pre_attn_scalar=1.0,
+        norm_scale_plus_one=False, use_value_norm=True,
+        use_query_key_norm=True, use_post_attention_norm=True,
+        use_post_feedforward_norm=True, use_layer_scalar=True,
+        sliding_window_size=4, rope_partial_rotary_factor=0.25,
+        layer_types=["sliding_attention"] * 2 + ["full_attention"],
+        num_experts=4, num_experts_per_token=2, expert_intermediate_dim=16,
+    )
+    hidden = gemma4({"token_ids": np.array([[2, 17, 42, 0]]),
+                     "padding_mask": np.array([[1, 1, 1, 0]])})
     ```
     """
 
