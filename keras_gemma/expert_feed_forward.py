@@ -3,17 +3,27 @@
 In a Gemma 4 26B-A4B decoder block this runs beside the dense feed-forward
 (their normalized outputs are summed). The router scores every expert for
 each token from the block's residual stream and keeps the top
-``num_experts_per_token``; only those experts run for that token: their
-weights are gathered per (token, choice) and applied with batched
-matmuls, so a token costs ``top_k`` expert feed-forwards whatever the
-number of experts. (keras-hub's Gemma 4 runs every expert on every token
-and zeroes the unselected outputs; transformers loops over experts.)
+``num_experts_per_token``; only those experts run for that token, so a
+token costs ``top_k`` expert feed-forwards whatever the number of experts.
+(keras-hub's Gemma 4 runs every expert on every token and zeroes the
+unselected outputs; transformers loops over experts.) Two ways, both with
+static shapes on every backend:
+
+- few (token, choice) pairs, as in decoding: each pair gathers its
+  expert's weights (reading top_k experts per token, nothing more);
+- many, as in a prompt: pairs are sorted by expert into blocks of rows of
+  one expert each (padded per expert to the block size), each block
+  gathers its expert once, and the results are gathered back. The weights
+  read stay below twice the whole bank, and the work below the chosen
+  experts' plus one block of padding per expert.
 
 Weights, for E experts, hidden size H and expert width I:
 ``router_scale`` (H), ``router/kernel`` (H, E), ``per_expert_scale`` (E),
 ``gate/kernel`` and ``up/kernel`` (E, H, I), ``down/kernel`` (E, I, H),
 and the two norms around the experts.
 """
+
+import math
 
 import keras
 from keras import ops
@@ -183,14 +193,65 @@ class ExpertFeedForward(keras.layers.Layer):
         flat = ops.reshape(x, (-1, self.hidden_dim))
         expert_ids, weights = self.route(flat)
         h = self.pre_norm(flat)
-        # (tokens, hidden) x (tokens, k, hidden, width): only chosen experts.
-        gate = ops.einsum("th,tkhi->tki", h, self.gate.gather(expert_ids))
-        up = ops.einsum("th,tkhi->tki", h, self.up.gather(expert_ids))
-        h = keras.activations.gelu(gate, approximate=True) * up
-        h = ops.einsum("tki,tkih->tkh", h, self.down.gather(expert_ids))
+        tokens = flat.shape[0]  # static where the caller's shapes are
+        pairs = None if tokens is None else tokens * self.num_experts_per_token
+        if pairs is None or pairs <= self.num_experts:
+            h = self._per_pair(h, expert_ids)
+        else:
+            h = self._in_expert_blocks(h, expert_ids, pairs)
         h = ops.einsum("tkh,tk->th", h, ops.cast(weights, h.dtype))
         h = self.post_norm(h)
         return ops.reshape(h, shape)
+
+    def _geglu(self, h, gate, up, down, pattern_in, pattern_out):
+        gate = ops.einsum(pattern_in, h, gate)
+        up = ops.einsum(pattern_in, h, up)
+        return ops.einsum(pattern_out, keras.activations.gelu(gate, approximate=True) * up, down)
+
+    def _per_pair(self, h, expert_ids):
+        """(tokens, k, hidden): each (token, choice) with its expert's weights."""
+        return self._geglu(
+            h, self.gate.gather(expert_ids), self.up.gather(expert_ids),
+            self.down.gather(expert_ids), "th,tkhi->tki", "tki,tkih->tkh",
+        )
+
+    def _in_expert_blocks(self, h, expert_ids, pairs):
+        """(tokens, k, hidden), computing pairs grouped by expert in blocks."""
+        experts, k = self.num_experts, self.num_experts_per_token
+        block = 1 << max(0, math.ceil(math.log2(math.ceil(pairs / experts))))
+        rows = math.ceil((pairs + experts * (block - 1)) / block) * block
+        flat_ids = ops.reshape(ops.cast(expert_ids, "int32"), (-1,))
+        order = ops.cast(ops.argsort(flat_ids), "int32")  # pairs sorted by expert
+        sorted_ids = ops.take(flat_ids, order)
+        counts = ops.sum(ops.one_hot(flat_ids, experts, dtype="int32"), axis=0)
+        padded = (counts + block - 1) // block * block
+        start = ops.cumsum(counts) - counts
+        padded_start = ops.cumsum(padded) - padded
+        rank = ops.arange(pairs, dtype="int32") - ops.take(start, sorted_ids)
+        destination = ops.take(padded_start, sorted_ids) + rank  # increasing
+        # Row r of the buffer holds sorted pair `source[r]`, or zeros.
+        row = ops.arange(rows, dtype="int32")
+        source = ops.cast(ops.searchsorted(destination, row), "int32")
+        source = ops.minimum(source, pairs - 1)
+        filled = ops.take(destination, source) == row
+        token_of_pair = ops.take(order, source) // k
+        buffer = ops.take(h, token_of_pair, axis=0)
+        buffer = ops.where(filled[:, None], buffer, ops.zeros_like(buffer))
+        # Each block's expert: how many experts' padded rows end before it.
+        padded_end = ops.cumsum(padded)
+        block_start = ops.arange(0, rows, block, dtype="int32")
+        block_ids = ops.sum(ops.cast(padded_end[None, :] <= block_start[:, None], "int32"), axis=1)
+        block_ids = ops.minimum(block_ids, experts - 1)
+        out = self._geglu(
+            ops.reshape(buffer, (rows // block, block, self.hidden_dim)),
+            self.gate.gather(block_ids), self.up.gather(block_ids),
+            self.down.gather(block_ids), "nbh,nhi->nbi", "nbi,nih->nbh",
+        )
+        out = ops.reshape(out, (rows, self.hidden_dim))
+        # Back to (token, choice) order.
+        by_sorted_pair = ops.take(out, destination, axis=0)
+        by_pair = ops.take(by_sorted_pair, ops.argsort(order), axis=0)
+        return ops.reshape(by_pair, (-1, k, self.hidden_dim))
 
     def get_config(self):
         return {

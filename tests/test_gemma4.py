@@ -359,3 +359,18 @@ def test_folder_with_only_tokenizer_json_says_so(tmp_path):
     (target / "tokenizer.json").write_text("{}")
     with pytest.raises(NotImplementedError, match="tokenizer.json"):
         keras_gemma.GemmaTokenizer.from_preset(str(target))
+
+
+def test_expert_blocks_equal_per_pair_experts():
+    """The prompt path (pairs sorted into per-expert blocks) and the decode
+    path (weights gathered per pair) compute the same mixture."""
+    from keras import ops
+
+    layer = backbone("moe").decoder_blocks[1].experts
+    rng = np.random.default_rng(0)
+    for tokens in (3, 5, 37):
+        h = ops.convert_to_tensor(rng.standard_normal((tokens, 32)).astype("float32"))
+        ids, _ = layer.route(h)
+        per_pair = to_numpy(layer._per_pair(h, ids))
+        blocks = to_numpy(layer._in_expert_blocks(h, ids, tokens * layer.num_experts_per_token))
+        np.testing.assert_allclose(blocks, per_pair, atol=1e-5, rtol=0)
