@@ -4,9 +4,17 @@ One layer covers every Gemma generation through a few switches:
 - ``num_key_value_heads`` < ``num_query_heads``: each key/value head serves a
   group of query heads (1 for multi-query, as in Gemma 2B and 3 270M).
 - ``query_pre_attn_scalar``: queries are scaled by its inverse square root
-  (``head_dim`` for most models; Gemma 2 27B uses ``hidden_dim / heads``).
+  (``head_dim`` for most models; Gemma 2 27B uses ``hidden_dim / heads``;
+  Gemma 4 uses 1, no scaling, since its query and key norms fix the size).
 - ``attention_logit_soft_cap`` (Gemma 2): ``cap * tanh(logits / cap)``.
-- ``use_query_key_norm`` (Gemma 3): RMSNorm over each query and key head.
+- ``use_query_key_norm`` (Gemma 3, 4): RMSNorm over each query and key head.
+- ``use_value_norm`` (Gemma 4): a weightless RMSNorm over each value head.
+- ``value_from_key`` (Gemma 4's ``attention_k_eq_v`` full layers): no value
+  projection; values are the key projection's output (before the key norm
+  and RoPE).
+- ``computes_key_value=False`` (Gemma 4's KV-shared layers): no key/value
+  projections at all; ``call`` gets the keys and values of an earlier layer
+  (``shared_key_value``) and keeps no cache.
 Which positions may be attended to (causal, padding, sliding window) is
 decided by the mask the caller passes in.
 """
@@ -33,6 +41,10 @@ class GemmaAttention(keras.layers.Layer):
         query_pre_attn_scalar=None,
         attention_logit_soft_cap=None,
         use_query_key_norm=False,
+        use_value_norm=False,
+        value_from_key=False,
+        computes_key_value=True,
+        norm_scale_plus_one=True,
         layer_norm_epsilon=1e-6,
         dropout=0.0,
         kernel_initializer="glorot_uniform",
@@ -51,6 +63,11 @@ class GemmaAttention(keras.layers.Layer):
         self.query_pre_attn_scalar = query_pre_attn_scalar or head_dim
         self.attention_logit_soft_cap = attention_logit_soft_cap
         self.use_query_key_norm = use_query_key_norm
+        self.use_value_norm = use_value_norm
+        self.value_from_key = value_from_key
+        self.computes_key_value = computes_key_value
+        self.norm_scale_plus_one = norm_scale_plus_one
+        self.layer_norm_epsilon = layer_norm_epsilon
         self.dropout = dropout
 
         def projection(units, name):
@@ -62,28 +79,45 @@ class GemmaAttention(keras.layers.Layer):
                 name=name,
             )
 
+        def norm(name, use_scale=True):
+            return RMSNorm(
+                layer_norm_epsilon,
+                scale_plus_one=norm_scale_plus_one,
+                use_scale=use_scale,
+                dtype=self.dtype_policy,
+                name=name,
+            )
+
         self.query = projection(num_query_heads * head_dim, "query")
-        self.key = projection(num_key_value_heads * head_dim, "key")
-        self.value = projection(num_key_value_heads * head_dim, "value")
+        if computes_key_value:
+            self.key = projection(num_key_value_heads * head_dim, "key")
+            if not value_from_key:
+                self.value = projection(num_key_value_heads * head_dim, "value")
         self.output_projection = projection(hidden_dim, "output")
         if use_query_key_norm:
-            self.query_norm = RMSNorm(
-                layer_norm_epsilon, dtype=self.dtype_policy, name="query_norm"
-            )
-            self.key_norm = RMSNorm(
-                layer_norm_epsilon, dtype=self.dtype_policy, name="key_norm"
-            )
+            self.query_norm = norm("query_norm")
+            if computes_key_value:
+                self.key_norm = norm("key_norm")
+        if use_value_norm and computes_key_value:
+            self.value_norm = norm("value_norm", use_scale=False)
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        for layer in (self.query, self.key, self.value):
-            layer.build(input_shape)
+        self.query.build(input_shape)
+        if self.computes_key_value:
+            self.key.build(input_shape)
+            if not self.value_from_key:
+                self.value.build(input_shape)
         self.output_projection.build(
             (None, None, self.num_query_heads * self.head_dim)
         )
+        head_shape = (None, None, None, self.head_dim)
         if self.use_query_key_norm:
-            self.query_norm.build((None, None, None, self.head_dim))
-            self.key_norm.build((None, None, None, self.head_dim))
+            self.query_norm.build(head_shape)
+            if self.computes_key_value:
+                self.key_norm.build(head_shape)
+        if self.use_value_norm and self.computes_key_value:
+            self.value_norm.build(head_shape)
         self.built = True
 
     def _split_heads(self, x, num_heads):
@@ -98,6 +132,7 @@ class GemmaAttention(keras.layers.Layer):
         rotary_sin,
         cache=None,
         cache_update_index=0,
+        shared_key_value=None,
         training=False,
     ):
         """Attends from ``x`` (batch, time, hidden) to itself or the cache.
@@ -105,44 +140,63 @@ class GemmaAttention(keras.layers.Layer):
         ``attention_mask`` is boolean (batch, time, keys); ``keys`` is
         ``time`` without a cache and the cache length with one. ``cache`` is
         a ``(key, value)`` pair, each (batch, keys, kv_heads, head_dim); the
-        new keys and values are written at ``cache_update_index`` and the
-        updated pair is returned beside the output.
+        new keys and values are written at ``cache_update_index``.
+        ``shared_key_value`` replaces this layer's own keys and values (a
+        KV-shared layer). Returns ``(output, (key, value))``: the keys and
+        values attended to, i.e. the updated cache when there is one.
         """
         query = self._split_heads(self.query(x), self.num_query_heads)
-        key = self._split_heads(self.key(x), self.num_key_value_heads)
-        value = self._split_heads(self.value(x), self.num_key_value_heads)
         if self.use_query_key_norm:
             query = self.query_norm(query)
-            key = self.key_norm(key)
         query = apply_rotary(query, rotary_cos, rotary_sin)
-        key = apply_rotary(key, rotary_cos, rotary_sin)
-
-        if cache is not None and len(getattr(cache_update_index, "shape", ())) == 2:
-            # Per-row positions (batch, time), see compute_hidden_states.
-            cache = tuple(
-                _write_rows(c, cache_update_index, new)
-                for c, new in zip(cache, (key, value))
-            )
-            key, value = (ops.cast(c, self.compute_dtype) for c in cache)
-        elif cache is not None:
-            key_cache, value_cache = cache
-            start = [0, cache_update_index, 0, 0]
-            key = ops.slice_update(key_cache, start, ops.cast(key, key_cache.dtype))
-            value = ops.slice_update(
-                value_cache, start, ops.cast(value, value_cache.dtype)
-            )
-            cache = (key, value)
-            key = ops.cast(key, self.compute_dtype)
-            value = ops.cast(value, self.compute_dtype)
-
+        if shared_key_value is not None:
+            key, value = shared_key_value
+        else:
+            key, value = self._keys_and_values(x, rotary_cos, rotary_sin)
+            if cache is not None and len(getattr(cache_update_index, "shape", ())) == 2:
+                # Per-row positions (batch, time), see compute_hidden_states.
+                key, value = (
+                    _write_rows(c, cache_update_index, new)
+                    for c, new in zip(cache, (key, value))
+                )
+            elif cache is not None:
+                key_cache, value_cache = cache
+                start = [0, cache_update_index, 0, 0]
+                key = ops.slice_update(
+                    key_cache, start, ops.cast(key, key_cache.dtype)
+                )
+                value = ops.slice_update(
+                    value_cache, start, ops.cast(value, value_cache.dtype)
+                )
+        key_value = (key, value)
+        key = ops.cast(key, self.compute_dtype)
+        value = ops.cast(value, self.compute_dtype)
         output = self._attend(query, key, value, attention_mask, training)
-        output = self.output_projection(output)
-        return (output, cache) if cache is not None else output
+        return self.output_projection(output), key_value
+
+    def _keys_and_values(self, x, rotary_cos, rotary_sin):
+        if not self.computes_key_value:
+            raise ValueError(
+                f"{self.name}: a KV-shared attention layer needs the keys and "
+                "values of the layer it shares (`shared_key_value`)."
+            )
+        key = self._split_heads(self.key(x), self.num_key_value_heads)
+        value = (
+            key if self.value_from_key
+            else self._split_heads(self.value(x), self.num_key_value_heads)
+        )
+        if self.use_query_key_norm:
+            key = self.key_norm(key)
+        if self.use_value_norm:
+            value = self.value_norm(value)
+        key = apply_rotary(key, rotary_cos, rotary_sin)
+        return key, value
 
     def _attend(self, query, key, value, attention_mask, training):
         batch, time = ops.shape(query)[0], ops.shape(query)[1]
         groups = self.num_query_heads // self.num_key_value_heads
-        query = query * ops.cast(self.query_pre_attn_scalar**-0.5, query.dtype)
+        if self.query_pre_attn_scalar != 1:
+            query = query * ops.cast(self.query_pre_attn_scalar**-0.5, query.dtype)
         # Group query heads by the key/value head they share, so a single
         # key/value head is never copied `groups` times.
         query = ops.reshape(
@@ -175,6 +229,11 @@ class GemmaAttention(keras.layers.Layer):
             "query_pre_attn_scalar": self.query_pre_attn_scalar,
             "attention_logit_soft_cap": self.attention_logit_soft_cap,
             "use_query_key_norm": self.use_query_key_norm,
+            "use_value_norm": self.use_value_norm,
+            "value_from_key": self.value_from_key,
+            "computes_key_value": self.computes_key_value,
+            "norm_scale_plus_one": self.norm_scale_plus_one,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
             "dropout": self.dropout,
         }
 

@@ -1,19 +1,34 @@
 """The Gemma transformer: embeddings, decoder blocks, final norm.
 
-Gemma 1, 2 and 3 (text) are one class. What changes between generations is
-a handful of switches, all in the constructor:
+Gemma 1, 2, 3 and 4 (text) are one class. What changes between generations
+is a handful of switches, all in the constructor; ``layer_specs.py`` turns
+them into one spec per layer (type, head size, window, RoPE, key/value
+source, feed-forward width), read once:
 
-| switch                        | Gemma 1 | Gemma 2        | Gemma 3         |
-|-------------------------------|---------|----------------|-----------------|
-| attention_logit_soft_cap      | None    | 50.0           | None            |
-| final_logit_soft_cap          | None    | 30.0           | None            |
-| use_post_attention_norm       | False   | True           | True            |
-| use_post_feedforward_norm     | False   | True           | True            |
-| use_query_key_norm            | False   | False          | True            |
-| sliding_window_size           | None    | 4096           | 512 or 1024     |
-| sliding_window_pattern        | None    | 2 (alternate)  | 6 (5 local : 1) |
-| rope_max_wavelength (global)  | 10,000  | 10,000         | 1,000,000       |
-| local_rope_max_wavelength     | -       | 10,000         | 10,000          |
+| switch                        | Gemma 1 | Gemma 2       | Gemma 3         | Gemma 4                         |
+|-------------------------------|---------|---------------|-----------------|---------------------------------|
+| attention_logit_soft_cap      | None    | 50.0          | None            | None                            |
+| final_logit_soft_cap          | None    | 30.0          | None            | 30.0                            |
+| use_post_attention_norm       | False   | True          | True            | True                            |
+| use_post_feedforward_norm     | False   | True          | True            | True                            |
+| use_query_key_norm            | False   | False         | True            | True                            |
+| norm_scale_plus_one           | True    | True          | True            | False (norms multiply by scale) |
+| use_value_norm                | False   | False         | False           | True (weightless)               |
+| query_pre_attn_scalar         | head_dim| 224 or h_dim  | head_dim        | 1 (no query scaling)            |
+| sliding_window_size           | None    | 4096          | 512 or 1024     | 512 or 1024                     |
+| sliding_window_pattern        | None    | 2 (alternate) | 6 (5 local : 1) | - (explicit `layer_types`)      |
+| layer_types                   | -       | -             | -               | list, e.g. 4 local : 1 full     |
+| global_head_dim               | -       | -             | -               | 512 (full layers; local 256)    |
+| num_global_key_value_heads    | -       | -             | -               | fewer KV heads on full layers   |
+| attention_k_eq_v              | False   | False         | False           | 26B, 31B: full layers V = K     |
+| rope_max_wavelength (global)  | 10,000  | 10,000        | 1,000,000       | 1,000,000                       |
+| rope_partial_rotary_factor    | 1.0     | 1.0           | 1.0             | 0.25 (proportional RoPE)        |
+| local_rope_max_wavelength     | -       | 10,000        | 10,000          | 10,000                          |
+| num_kv_shared_layers          | 0       | 0             | 0               | E2B 20, E4B 18: reuse K/V       |
+| use_double_wide_mlp           | False   | False         | False           | E2B: KV-shared layers 2x wide   |
+| per_layer_input_dim           | 0       | 0             | 0               | E2B, E4B: 256                   |
+| num_experts (top-k, width)    | None    | None          | None            | 26B-A4B: 128 (8, 704)           |
+| use_layer_scalar              | False   | False         | False           | True                            |
 """
 
 import contextlib
@@ -26,6 +41,9 @@ from keras import ops
 from keras_gemma import memory
 from keras_gemma.decoder_block import GemmaDecoderBlock
 from keras_gemma.embedding import TiedEmbedding
+from keras_gemma.expert_feed_forward import ExpertKernel
+from keras_gemma.layer_specs import SLIDING, layer_specs, layer_types
+from keras_gemma.per_layer_embedding import PerLayerEmbedding
 from keras_gemma.quantization import QuantizableDense
 from keras_gemma.rms_norm import RMSNorm
 from keras_gemma.rotary_embedding import rotary_cos_sin
@@ -65,6 +83,26 @@ CONFIG_DEFAULTS = {
 # Switches of one model only, left out of configs (and preset files) while
 # they keep their default. EmbeddingGemma: see keras_gemma/text_embedder.py.
 OPTIONAL_CONFIG = {"use_bidirectional_attention": False}
+# Gemma 4's switches (see the table above and layer_specs.py); their
+# defaults are Gemma 1-3's behaviour, so older configs need not list them.
+GEMMA4_CONFIG_DEFAULTS = {
+    "norm_scale_plus_one": True,
+    "use_value_norm": False,
+    "layer_types": None,
+    "global_head_dim": None,
+    "num_global_key_value_heads": None,
+    "attention_k_eq_v": False,
+    "rope_partial_rotary_factor": 1.0,
+    "num_kv_shared_layers": 0,
+    "use_double_wide_mlp": False,
+    "per_layer_input_dim": 0,
+    "per_layer_vocabulary_size": None,
+    "num_experts": None,
+    "num_experts_per_token": None,
+    "expert_intermediate_dim": None,
+    "use_layer_scalar": False,
+}
+CONFIG_DEFAULTS.update(GEMMA4_CONFIG_DEFAULTS)
 REQUIRED_CONFIG = (
     "vocabulary_size",
     "num_layers",
@@ -112,6 +150,30 @@ class GemmaBackbone(keras.Model):
             mask; global layers see every real token and local layers the
             keys within ``sliding_window_size // 2`` positions either side
             (as transformers' Gemma 3 with the same switch). No cache.
+        norm_scale_plus_one: Gemma 1-3 norms multiply by ``1 + scale``;
+            ``False`` (Gemma 4) multiplies by ``scale``.
+        use_value_norm: Gemma 4's weightless RMSNorm on each value head.
+        layer_types: an explicit ``"sliding_attention"`` /
+            ``"full_attention"`` per layer (Gemma 4), instead of
+            ``sliding_window_pattern``.
+        global_head_dim, num_global_key_value_heads: head size and number of
+            key/value heads of full-attention layers (default: ``head_dim``,
+            ``num_key_value_heads``).
+        attention_k_eq_v: full-attention layers have no value projection;
+            their values are the key projection's output.
+        rope_partial_rotary_factor: fraction of each full-attention head that
+            RoPE rotates (Gemma 4's proportional RoPE, 0.25).
+        num_kv_shared_layers: the last this-many layers compute no keys or
+            values; each reuses those of the last earlier layer of its type
+            (and needs no cache).
+        use_double_wide_mlp: KV-shared layers have a feed-forward twice
+            ``intermediate_dim`` wide.
+        per_layer_input_dim, per_layer_vocabulary_size: Gemma 4 E2B/E4B's
+            per-layer embeddings (see ``per_layer_embedding.py``); 0 = none.
+        num_experts, num_experts_per_token, expert_intermediate_dim: an
+            expert mixture beside every dense feed-forward (Gemma 4
+            26B-A4B, see ``expert_feed_forward.py``).
+        use_layer_scalar: a learned scalar multiplying each block's output.
         dtype: a Keras dtype policy, e.g. ``"float32"``, ``"bfloat16"`` or
             ``"mixed_bfloat16"``.
 
@@ -131,6 +193,23 @@ class GemmaBackbone(keras.Model):
         "padding_mask": np.array([[1, 1, 1, 0]]),
     })  # (1, 4, 32)
     logits = backbone.compute_logits(hidden)  # (1, 4, 256)
+
+    # A tiny Gemma 4: 2 sliding : 1 full layers, the full layer wider with
+    # K = V, proportional RoPE, and a top-2-of-4 expert mixture.
+    gemma4 = keras_gemma.GemmaBackbone(
+        vocabulary_size=256, num_layers=3, num_query_heads=4,
+        num_key_value_heads=2, hidden_dim=32, intermediate_dim=64,
+        head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
+        attention_k_eq_v=True, query_pre_attn_scalar=1.0,
+        norm_scale_plus_one=False, use_value_norm=True,
+        use_query_key_norm=True, use_post_attention_norm=True,
+        use_post_feedforward_norm=True, use_layer_scalar=True,
+        sliding_window_size=4, rope_partial_rotary_factor=0.25,
+        layer_types=["sliding_attention"] * 2 + ["full_attention"],
+        num_experts=4, num_experts_per_token=2, expert_intermediate_dim=16,
+    )
+    hidden = gemma4({"token_ids": np.array([[2, 17, 42, 0]]),
+                     "padding_mask": np.array([[1, 1, 1, 0]])})
     ```
     """
 
@@ -143,23 +222,13 @@ class GemmaBackbone(keras.Model):
         hidden_dim,
         intermediate_dim,
         head_dim,
-        layer_norm_epsilon=1e-6,
-        dropout=0.0,
-        query_pre_attn_scalar=None,
-        attention_logit_soft_cap=None,
-        final_logit_soft_cap=None,
-        use_post_attention_norm=False,
-        use_post_feedforward_norm=False,
-        use_query_key_norm=False,
-        sliding_window_size=None,
-        sliding_window_pattern=None,
-        rope_max_wavelength=10_000.0,
-        rope_scaling_factor=1.0,
-        local_rope_max_wavelength=None,
-        use_bidirectional_attention=False,
         dtype=None,
         **kwargs,
     ):
+        config = {
+            name: kwargs.pop(name, default)
+            for name, default in {**CONFIG_DEFAULTS, **OPTIONAL_CONFIG}.items()
+        }
         super().__init__(dtype=dtype, **kwargs)
         self.vocabulary_size = vocabulary_size
         self.num_layers = num_layers
@@ -168,21 +237,10 @@ class GemmaBackbone(keras.Model):
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
         self.head_dim = head_dim
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.dropout = dropout
-        self.query_pre_attn_scalar = query_pre_attn_scalar
-        self.attention_logit_soft_cap = attention_logit_soft_cap
-        self.final_logit_soft_cap = final_logit_soft_cap
-        self.use_post_attention_norm = use_post_attention_norm
-        self.use_post_feedforward_norm = use_post_feedforward_norm
-        self.use_query_key_norm = use_query_key_norm
-        self.sliding_window_size = sliding_window_size
-        self.sliding_window_pattern = sliding_window_pattern
-        self.rope_max_wavelength = rope_max_wavelength
-        self.rope_scaling_factor = rope_scaling_factor
-        self.local_rope_max_wavelength = local_rope_max_wavelength
-        self.use_bidirectional_attention = use_bidirectional_attention
+        for name, value in config.items():
+            setattr(self, name, list(value) if name == "layer_types" and value else value)
         _validate_config(self._config())
+        self.layer_specs = layer_specs(self._config())
         memory.check_backbone(self)  # before any weight exists
         self.lora_config = None  # set by enable_lora
 
@@ -195,33 +253,59 @@ class GemmaBackbone(keras.Model):
             dtype=policy,
             name="token_embedding",
         )
+        if self.per_layer_input_dim:
+            self.per_layer_embedding = PerLayerEmbedding(
+                self.per_layer_vocabulary_size or vocabulary_size,
+                hidden_dim,
+                num_layers,
+                self.per_layer_input_dim,
+                layer_norm_epsilon=self.layer_norm_epsilon,
+                embeddings_initializer="zeros" if skip else None,
+                kernel_initializer="zeros" if skip else "glorot_uniform",
+                dtype=policy,
+                name="per_layer_embedding",
+            )
         self.decoder_blocks = [
             GemmaDecoderBlock(
                 hidden_dim=hidden_dim,
-                intermediate_dim=intermediate_dim,
+                intermediate_dim=spec.intermediate_dim,
                 num_query_heads=num_query_heads,
-                num_key_value_heads=num_key_value_heads,
-                head_dim=head_dim,
-                layer_norm_epsilon=layer_norm_epsilon,
-                query_pre_attn_scalar=query_pre_attn_scalar,
-                attention_logit_soft_cap=attention_logit_soft_cap,
-                use_query_key_norm=use_query_key_norm,
-                use_post_attention_norm=use_post_attention_norm,
-                use_post_feedforward_norm=use_post_feedforward_norm,
-                use_sliding_window=self.is_sliding_window_layer(i),
-                dropout=dropout,
+                num_key_value_heads=spec.num_key_value_heads,
+                head_dim=spec.head_dim,
+                layer_norm_epsilon=self.layer_norm_epsilon,
+                query_pre_attn_scalar=self.query_pre_attn_scalar,
+                attention_logit_soft_cap=self.attention_logit_soft_cap,
+                use_query_key_norm=self.use_query_key_norm,
+                use_post_attention_norm=self.use_post_attention_norm,
+                use_post_feedforward_norm=self.use_post_feedforward_norm,
+                use_sliding_window=self.is_sliding_window_layer(spec.index),
+                norm_scale_plus_one=self.norm_scale_plus_one,
+                use_value_norm=self.use_value_norm,
+                value_from_key=spec.value_from_key,
+                computes_key_value=spec.kv_source is None,
+                num_experts=self.num_experts,
+                num_experts_per_token=self.num_experts_per_token,
+                expert_intermediate_dim=self.expert_intermediate_dim,
+                per_layer_input_dim=self.per_layer_input_dim,
+                use_layer_scalar=self.use_layer_scalar,
+                dropout=self.dropout,
                 kernel_initializer="zeros" if skip else "glorot_uniform",
                 dtype=policy,
-                name=f"decoder_block_{i}",
+                name=f"decoder_block_{spec.index}",
             )
-            for i in range(num_layers)
+            for spec in self.layer_specs
         ]
         self.final_norm = RMSNorm(
-            layer_norm_epsilon, dtype=policy, name="final_norm"
+            self.layer_norm_epsilon,
+            scale_plus_one=self.norm_scale_plus_one,
+            dtype=policy,
+            name="final_norm",
         )
         # Build eagerly, so weights exist (and can be counted or loaded)
         # before the first call.
         self.token_embedding.build()
+        if self.per_layer_input_dim:
+            self.per_layer_embedding.build()
         for block in self.decoder_blocks:
             block.build()
         self.final_norm.build((None, None, hidden_dim))
@@ -230,9 +314,13 @@ class GemmaBackbone(keras.Model):
     def is_sliding_window_layer(self, index):
         if self.sliding_window_size is None:
             return False
-        if self.sliding_window_pattern is None:
-            return True
-        return (index + 1) % self.sliding_window_pattern != 0
+        config = {
+            "num_layers": self.num_layers,
+            "layer_types": getattr(self, "layer_types", None),
+            "sliding_window_size": self.sliding_window_size,
+            "sliding_window_pattern": self.sliding_window_pattern,
+        }
+        return layer_types(config)[index] == SLIDING
 
     # -- forward -----------------------------------------------------------
 
@@ -299,42 +387,54 @@ class GemmaBackbone(keras.Model):
             in_window = ops.expand_dims(distance < window, 0)
             local_mask = ops.logical_and(global_mask, in_window)
 
-        global_rotary = rotary_cos_sin(
-            query_positions,
-            self.head_dim,
-            self.rope_max_wavelength,
-            self.rope_scaling_factor,
-        )
-        local_rotary = rotary_cos_sin(
-            query_positions,
-            self.head_dim,
-            self.local_rope_max_wavelength or self.rope_max_wavelength,
-        )
+        # One (cos, sin) table per distinct RoPE of the layers.
+        rotary = {}
+        for spec in self.layer_specs:
+            if spec.rotary_key not in rotary:
+                rotary[spec.rotary_key] = rotary_cos_sin(
+                    query_positions,
+                    spec.head_dim,
+                    spec.rope_max_wavelength,
+                    spec.rope_scaling_factor,
+                    spec.rotary_fraction,
+                )
 
         if positions is not None:
-            global_mask, local_mask, global_rotary, local_rotary = (
-                self._per_row_masks_and_rotary(positions, key_length, padding_mask)
+            global_mask, local_mask, rotary = self._per_row_masks_and_rotary(
+                positions, key_length, padding_mask
             )
             cache_update_index = ops.cast(positions, "int32")  # per row, see attention
 
         x = self.token_embedding(token_ids)
         x = x * ops.cast(math.sqrt(self.hidden_dim), x.dtype)
+        per_layer_inputs = None
+        if self.per_layer_input_dim:
+            per_layer_inputs = self.per_layer_embedding(token_ids, x)
         new_cache = []
-        for i, block in enumerate(self.decoder_blocks):
-            local = block.use_sliding_window
-            rotary_cos, rotary_sin = local_rotary if local else global_rotary
-            x = block(
+        key_values = []  # what each layer attended to, for KV-shared layers
+        for spec, block in zip(self.layer_specs, self.decoder_blocks):
+            rotary_cos, rotary_sin = rotary[spec.rotary_key]
+            has_cache = cache is not None and spec.kv_source is None
+            x, key_value = block(
                 x,
-                attention_mask=local_mask if local else global_mask,
+                attention_mask=local_mask if block.use_sliding_window else global_mask,
                 rotary_cos=rotary_cos,
                 rotary_sin=rotary_sin,
-                cache=None if cache is None else cache[i],
+                cache=cache[spec.index] if has_cache else None,
                 cache_update_index=cache_update_index,
+                shared_key_value=(
+                    None if spec.kv_source is None else key_values[spec.kv_source]
+                ),
+                per_layer_input=(
+                    None if per_layer_inputs is None
+                    else per_layer_inputs[:, :, spec.index, :]
+                ),
+                return_key_value=True,
                 training=training,
             )
-            if cache is not None:
-                x, layer_cache = x
-                new_cache.append(layer_cache)
+            key_values.append(key_value)
+            if has_cache:
+                new_cache.append(key_value)
         x = self.final_norm(x)
         return x, (new_cache if cache is not None else None)
 
@@ -352,18 +452,20 @@ class GemmaBackbone(keras.Model):
         if self.sliding_window_size is not None:
             local_mask = ops.logical_and(global_mask, distance < self.sliding_window_size)
         flat = ops.reshape(positions, (-1,))
-        wavelengths = (
-            (self.rope_max_wavelength, self.rope_scaling_factor),
-            (self.local_rope_max_wavelength or self.rope_max_wavelength, 1.0),
-        )
-        global_rotary, local_rotary = (
-            tuple(
-                ops.reshape(table, (batch, time, self.head_dim))
-                for table in rotary_cos_sin(flat, self.head_dim, wavelength, scaling)
-            )
-            for wavelength, scaling in wavelengths
-        )
-        return global_mask, local_mask, global_rotary, local_rotary
+        rotary = {}
+        for spec in self.layer_specs:
+            if spec.rotary_key not in rotary:
+                tables = rotary_cos_sin(
+                    flat,
+                    spec.head_dim,
+                    spec.rope_max_wavelength,
+                    spec.rope_scaling_factor,
+                    spec.rotary_fraction,
+                )
+                rotary[spec.rotary_key] = tuple(
+                    ops.reshape(table, (batch, time, spec.head_dim)) for table in tables
+                )
+        return global_mask, local_mask, rotary
 
     def compute_logits(self, hidden_states):
         """Projects hidden states to float32 vocabulary logits."""
@@ -375,13 +477,16 @@ class GemmaBackbone(keras.Model):
         return logits
 
     def init_cache(self, batch_size, max_length, dtype=None):
-        """An empty key/value cache: one ``(key, value)`` pair per layer."""
-        shape = (batch_size, max_length, self.num_key_value_heads, self.head_dim)
+        """An empty key/value cache: one ``(key, value)`` pair per layer that
+        computes keys and values (KV-shared layers, which are always last,
+        read those of the layer they share)."""
         dtype = dtype or self.compute_dtype
-        return [
-            (ops.zeros(shape, dtype), ops.zeros(shape, dtype))
-            for _ in range(self.num_layers)
-        ]
+        cache = []
+        for spec in self.layer_specs:
+            if spec.kv_source is None:
+                shape = (batch_size, max_length, spec.num_key_value_heads, spec.head_dim)
+                cache.append((ops.zeros(shape, dtype), ops.zeros(shape, dtype)))
+        return cache
 
     # -- config ------------------------------------------------------------
 
@@ -414,22 +519,39 @@ class GemmaBackbone(keras.Model):
     def count_parameters(config):
         """Parameters of a backbone with this config, without building it."""
         config = {**CONFIG_DEFAULTS, **config}
+        _validate_config(config)
         hidden = config["hidden_dim"]
-        head_dim = config["head_dim"]
-        attention = hidden * head_dim * (
-            2 * config["num_query_heads"] + 2 * config["num_key_value_heads"]
-        )
-        feedforward = 3 * hidden * config["intermediate_dim"]
-        norms = hidden * (
-            2
-            + config["use_post_attention_norm"]
-            + config["use_post_feedforward_norm"]
-        )
-        if config["use_query_key_norm"]:
-            norms += 2 * head_dim
-        per_layer = attention + feedforward + norms
-        embedding = config["vocabulary_size"] * hidden
-        return embedding + config["num_layers"] * per_layer + hidden
+        queries = config["num_query_heads"]
+        total = config["vocabulary_size"] * hidden + hidden  # + final norm
+        per_layer_dim = config["per_layer_input_dim"]
+        if per_layer_dim:
+            width = config["num_layers"] * per_layer_dim
+            vocabulary = config["per_layer_vocabulary_size"] or config["vocabulary_size"]
+            total += vocabulary * width + hidden * width + per_layer_dim
+        experts = config["num_experts"]
+        for spec in layer_specs(config):
+            head_dim = spec.head_dim
+            kv_width = spec.num_key_value_heads * head_dim
+            total += 2 * hidden * queries * head_dim  # query, output
+            if spec.kv_source is None:
+                total += hidden * kv_width * (1 if spec.value_from_key else 2)
+            if config["use_query_key_norm"]:
+                total += head_dim * (2 if spec.kv_source is None else 1)
+            total += 3 * hidden * spec.intermediate_dim
+            total += hidden * (
+                2
+                + config["use_post_attention_norm"]
+                + config["use_post_feedforward_norm"]
+            )
+            if experts:
+                # router, router scale, per-expert scale, 3 kernels, 3 norms
+                total += hidden * experts + hidden + experts
+                total += 3 * experts * hidden * config["expert_intermediate_dim"]
+                total += 3 * hidden
+            if per_layer_dim:
+                total += 2 * hidden * per_layer_dim + hidden
+            total += bool(config["use_layer_scalar"])
+        return total
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, dtype=None, **kwargs):
@@ -488,10 +610,11 @@ class GemmaBackbone(keras.Model):
             raise ValueError("This backbone is already quantized to int8.")
         if kwargs:
             raise TypeError(f"Unexpected arguments to quantize: {sorted(kwargs)}.")
+        # Every projection, the expert kernels and both embedding tables
+        # (the per-layer one is most of Gemma 4 E2B's bytes).
         for layer in self._flatten_layers():
-            if isinstance(layer, QuantizableDense):
+            if isinstance(layer, (QuantizableDense, ExpertKernel, TiedEmbedding)):
                 layer.quantize(mode)
-        self.token_embedding.quantize(mode)
         self.train_function = self.test_function = self.predict_function = None
 
     @property
@@ -506,7 +629,10 @@ class GemmaBackbone(keras.Model):
 
         ``target`` names projections in every decoder block: ``query``,
         ``key``, ``value``, ``output`` (attention) and ``gate``, ``up``,
-        ``down`` (feed-forward). The update is ``(alpha / rank) * A @ B``;
+        ``down`` (the dense feed-forward). Gemma 4 layers that lack a
+        projection are skipped (KV-shared layers have no key/value), and
+        the expert kernels, router and per-layer embeddings stay frozen.
+        The update is ``(alpha / rank) * A @ B``;
         ``alpha`` defaults to ``rank``. Adds ``rank * (in + out)`` trainable
         parameters per adapted kernel, in float32. keras-hub's
         ``target_layer_names`` (e.g. ``["query", "value", "ffw_linear"]``)
@@ -580,4 +706,36 @@ def _validate_config(config):
         raise ValueError(
             "GemmaBackbone: `sliding_window_size` must be None or a positive "
             f"integer, got {window!r}."
+        )
+    experts = config["num_experts"]
+    if experts is not None:
+        top_k = config["num_experts_per_token"]
+        width = config["expert_intermediate_dim"]
+        if isinstance(experts, bool) or not isinstance(experts, int) or experts < 1:
+            raise ValueError(
+                f"GemmaBackbone: `num_experts` must be None or a positive "
+                f"integer, got {experts!r}."
+            )
+        if not isinstance(top_k, int) or not 1 <= top_k <= experts:
+            raise ValueError(
+                f"GemmaBackbone: `num_experts_per_token` (top-k) must be an "
+                f"integer from 1 to `num_experts` ({experts}), got {top_k!r}."
+            )
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(
+                "GemmaBackbone: a mixture of experts needs "
+                f"`expert_intermediate_dim` (a positive integer), got {width!r}."
+            )
+    for name in ("global_head_dim", "num_global_key_value_heads"):
+        value = config[name]
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(
+                f"GemmaBackbone: `{name}` must be None or a positive integer, "
+                f"got {value!r}."
+            )
+    kv_heads = config["num_global_key_value_heads"]
+    if kv_heads and config["num_query_heads"] % kv_heads:
+        raise ValueError(
+            f"GemmaBackbone: `num_query_heads` ({config['num_query_heads']}) "
+            f"must be a multiple of `num_global_key_value_heads` ({kv_heads})."
         )

@@ -110,6 +110,8 @@ def assign_from_host(variable, value):
             source = source.view(torch.bfloat16)
         else:
             source = torch.from_numpy(np.ascontiguousarray(value))
+        # np.ascontiguousarray makes a 0-d array 1-d (Gemma 4's layer scalars).
+        source = source.reshape(value.shape)
         with torch.no_grad():
             variable.value.copy_(source)  # converts dtype and device as it goes
         return

@@ -7,6 +7,8 @@ vocabulary row, so each device holds about 1 / model_axis_size of the
 weights and activations are exchanged once per sub-layer. Norms are
 replicated. With a single key/value head (multi-query attention) the key and
 value projections are replicated: one head cannot be split across devices.
+Gemma 4's experts are split over the model axis by expert (expert
+parallelism) and its per-layer embedding table by vocabulary row.
 """
 
 import keras
@@ -16,6 +18,11 @@ import keras
 _COLUMN_PARALLEL = (r".*/attention/query", r".*/feedforward_gate", r".*/feedforward_up")
 _KEY_VALUE = (r".*/attention/key", r".*/attention/value")
 _ROW_PARALLEL = (r".*/attention/output", r".*/feedforward_down")
+# Gemma 4: expert kernels (experts, in, out) are split by expert, so each
+# device holds whole experts and routes its tokens' choices to them; the
+# per-layer embedding table is split by vocabulary row like the main one.
+_EXPERT_KERNELS = r".*/experts/(gate|up|down)/kernel"
+_PER_LAYER_TABLE = r"per_layer_embedding/token_embedding/embeddings"
 
 
 def _require_jax():
@@ -59,6 +66,8 @@ def get_layout_map(
     )
     layout_map = keras.distribution.LayoutMap(device_mesh)
     layout_map["token_embedding/embeddings"] = (model, None)
+    layout_map[_PER_LAYER_TABLE] = (model, None)
+    layout_map[_EXPERT_KERNELS] = (model, None, None)
     column = _COLUMN_PARALLEL + (_KEY_VALUE if shard_key_value else ())
     for name in column:
         layout_map[f"{name}/kernel"] = (None, model)

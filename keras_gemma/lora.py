@@ -28,6 +28,9 @@ TARGETS = {
     "down": (None, "feedforward_down"),
 }
 ADAPTER_FORMAT = "keras_gemma.lora/1"
+# Gemma 4: the expert kernels, the router and the per-layer embedding
+# layers are not targets; they stay frozen (a LoRA on 128 stacked experts
+# would be 128 adapters, which peft's Gemma 4 support does not define either).
 
 # keras-hub's layer names (``enable_lora(target_layer_names=...)``) -> ours.
 # "query_dense" / "value_dense" are in keras-hub's default list (for other
@@ -80,7 +83,11 @@ def target_layers(backbone, target):
         for name in target:
             parent, attribute = TARGETS[name]
             owner = getattr(block, parent) if parent else block
-            layers.append((index, name, getattr(owner, attribute)))
+            # Gemma 4 layers without this projection (KV-shared layers have
+            # no key/value, K = V full layers no value) are skipped.
+            layer = getattr(owner, attribute, None)
+            if layer is not None:
+                layers.append((index, name, layer))
     return layers
 
 

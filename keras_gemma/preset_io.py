@@ -265,7 +265,7 @@ class _Checkpoint:
 
         shapes = checkpoint_shapes(backbone)
         if self.source.kind == "keras":
-            family = "gemma3" if self.config.get("use_query_key_norm") else "gemma"
+            family = keras_hub_format.weight_family(self.config)
             yield from keras_hub_format.read_weights(self.source.path, shapes, family)
         elif self.source.kind == "gguf":
             from keras_gemma.checkpoints import gguf
@@ -295,12 +295,13 @@ class _Checkpoint:
         if self.source.kind == "keras":
             path = self.source.path / "assets" / "tokenizer" / "vocabulary.spm"
         else:
-            path = self.source.path / "tokenizer.model"
-            # Gemma 4 ships only tokenizer.json.
-            if not path.is_file() and (self.source.path / "tokenizer.json").is_file():
+            from keras_gemma.checkpoints import huggingface
+
+            path = Path(huggingface.tokenizer_file(self.source.path))
+            if path.name == "tokenizer.json":  # Gemma 4
                 from keras_gemma.checkpoints.tokenizer_json import tokenizer_from_tokenizer_json
 
-                return self._checked(tokenizer_from_tokenizer_json(self.source.path))
+                return self._checked(tokenizer_from_tokenizer_json(path))
         if not path.is_file():
             raise FileNotFoundError(
                 f"{self.source.path}: the tokenizer file {path.name} is missing "
@@ -638,11 +639,7 @@ def save_preset(preset_dir, backbone, preprocessor=None, tokenizer=None):
         dtype_name = backbone.dtype_policy.name
         serialized = backbone_json(config, dtype_name)
         _write_json(staging / "config.json", serialized)
-        family = {"Gemma3Backbone": "gemma3", "GemmaBackbone": "gemma"}[
-            serialized["class_name"]
-        ]
-        if serialized["registered_name"].startswith("keras_gemma>"):
-            family = "gemma3" if config["use_query_key_norm"] else "gemma"
+        family = keras_hub_format.weight_family(config)
         write_weights(staging / "model.weights.h5", backbone, family)
         metadata = metadata_json(backbone.count_params())
         if tokenizer is not None:

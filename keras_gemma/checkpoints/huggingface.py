@@ -13,9 +13,17 @@ import struct
 
 import numpy as np
 
+from keras_gemma.layer_specs import GEMMA4_COMMON_SWITCHES
+
 _DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16",
            "F64": "float64"}
-_SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3")
+_SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3",
+                          "gemma4_text", "gemma4")
+# Multimodal Gemma 4 folders: the text model's tensors start with one of
+# these; the vision and audio towers (skipped) with the others.
+_GEMMA4_TEXT_PREFIXES = ("model.language_model.", "model.")
+_GEMMA4_SKIPPED_PREFIXES = ("model.vision_tower.", "model.embed_vision.",
+                            "model.audio_tower.", "model.embed_audio.")
 
 
 def read_config(folder):
@@ -26,12 +34,25 @@ def read_config(folder):
             hf = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not valid JSON ({error}).") from None
+    return config_from_hf(hf, path)
+
+
+def config_from_hf(hf, path="config.json"):
+    """Our backbone kwargs from a transformers config dict; ``path`` names it
+    in errors."""
     if not isinstance(hf, dict) or not isinstance(hf.get("text_config", {}), dict):
         raise ValueError(f"{path}: not a transformers config (a JSON object).")
     model_type = hf.get("model_type")
-    if model_type == "gemma3" and "text_config" in hf:
-        hf = {**hf["text_config"], "model_type": "gemma3_text"}
-        model_type = "gemma3_text"
+    if model_type in ("gemma3n", "gemma3n_text"):
+        raise ValueError(
+            f"{path}: this is a Gemma 3n checkpoint (model_type "
+            f"'{model_type}'). keras_gemma does not support Gemma 3n (its "
+            "AltUp, Laurel and activation-sparsity layers are a different "
+            "architecture); it reads Gemma 1, 2, 3 and 4 text models."
+        )
+    if model_type in ("gemma3", "gemma4") and "text_config" in hf:
+        hf = {**hf["text_config"], "model_type": model_type + "_text"}
+        model_type = model_type + "_text"
     if model_type not in _SUPPORTED_MODEL_TYPES:
         raise ValueError(
             f"{path}: model_type '{model_type}' is not a Gemma text model "
@@ -54,6 +75,9 @@ def read_config(folder):
     if model_type == "gemma":
         config["rope_max_wavelength"] = float(hf.get("rope_theta", 10_000.0))
         return config
+    if model_type == "gemma4_text":
+        config.update(_gemma4_config(hf, path))
+        return config
 
     config.update(
         query_pre_attn_scalar=hf.get("query_pre_attn_scalar"),
@@ -69,6 +93,106 @@ def read_config(folder):
     if hf.get("use_bidirectional_attention") is True:  # EmbeddingGemma
         config["use_bidirectional_attention"] = True
     return config
+
+
+def _gemma4_config(hf, path):
+    """The Gemma 4 switches (see the table in backbone.py) of a text config."""
+    activation = hf.get("hidden_activation", "gelu_pytorch_tanh")
+    if activation != "gelu_pytorch_tanh":
+        raise ValueError(
+            f"{path}: hidden_activation '{activation}' is not supported "
+            "(Gemma uses 'gelu_pytorch_tanh')."
+        )
+    if hf.get("attention_bias"):
+        raise ValueError(f"{path}: attention_bias=true is not a Gemma 4 text model.")
+    if hf.get("use_bidirectional_attention") == "all":
+        raise ValueError(
+            f"{path}: use_bidirectional_attention='all' (an embedding model) "
+            "is not supported; keras_gemma runs causal Gemma 4 text models."
+        )
+    num_layers = hf["num_hidden_layers"]
+    layer_types = hf.get("layer_types")
+    if layer_types is None:
+        # transformers' default: 5 sliding layers, then 1 full.
+        layer_types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                       for i in range(num_layers)]
+    layer_types = list(layer_types)
+    if len(layer_types) != num_layers:
+        raise ValueError(
+            f"{path}: `layer_types` has {len(layer_types)} entries but the "
+            f"model has {num_layers} layers (num_hidden_layers); the "
+            "checkpoint's config is inconsistent."
+        )
+    if layer_types:
+        # As transformers: the last layer is always full attention.
+        layer_types[-1] = "full_attention"
+    rope = hf.get("rope_parameters") or {}
+    full = rope.get("full_attention") or {
+        "rope_type": "proportional", "partial_rotary_factor": 0.25,
+        "rope_theta": 1_000_000.0}
+    local = rope.get("sliding_attention") or {"rope_theta": 10_000.0}
+    if full.get("rope_type", "default") not in ("default", "proportional", "linear"):
+        raise ValueError(
+            f"{path}: rope_type '{full['rope_type']}' on full-attention layers "
+            "is not supported (expected 'proportional' or 'default')."
+        )
+    partial = float(full.get("partial_rotary_factor", 1.0)) if full.get(
+        "rope_type") == "proportional" else 1.0
+    k_eq_v = bool(hf.get("attention_k_eq_v", False))
+    global_head_dim, global_kv_heads = _full_layer_shape(hf, layer_types, k_eq_v, path)
+    per_layer_dim = hf.get("hidden_size_per_layer_input", 256) or 0
+    config = {
+        **GEMMA4_COMMON_SWITCHES,
+        "final_logit_soft_cap": hf.get("final_logit_softcapping"),
+        "sliding_window_size": hf.get("sliding_window", 512),
+        "layer_types": layer_types,
+        "global_head_dim": global_head_dim,
+        "num_global_key_value_heads": global_kv_heads,
+        "attention_k_eq_v": k_eq_v,
+        "rope_max_wavelength": float(full.get("rope_theta", 1_000_000.0)),
+        "rope_scaling_factor": float(full.get("factor", 1.0)),
+        "rope_partial_rotary_factor": partial,
+        "local_rope_max_wavelength": float(local.get("rope_theta", 10_000.0)),
+        "num_kv_shared_layers": hf.get("num_kv_shared_layers", 0) or 0,
+        "use_double_wide_mlp": bool(hf.get("use_double_wide_mlp", False)),
+        "per_layer_input_dim": per_layer_dim,
+        "per_layer_vocabulary_size": (
+            hf.get("vocab_size_per_layer_input", 262_144) if per_layer_dim else None),
+    }
+    if hf.get("enable_moe_block"):
+        config.update(
+            num_experts=hf.get("num_experts"),
+            num_experts_per_token=hf.get("top_k_experts"),
+            expert_intermediate_dim=hf.get("moe_intermediate_size"),
+        )
+    return config
+
+
+def _full_layer_shape(hf, layer_types, k_eq_v, path):
+    """(head size, key/value heads or None) of the full-attention layers.
+
+    Google's config.json files say ``global_head_dim`` and
+    ``num_global_key_value_heads`` (the latter used only with
+    ``attention_k_eq_v``, as in transformers); transformers' own
+    ``save_pretrained`` writes a ``per_layer_config`` by layer index.
+    """
+    per_layer = hf.get("per_layer_config")
+    if per_layer:
+        shapes = {
+            (entry.get("head_dim", hf.get("head_dim")), entry.get("num_key_value_heads"))
+            for index, entry in per_layer.items()
+            if layer_types[int(index)] == "full_attention"
+        }
+        if len(shapes) > 1:
+            raise ValueError(
+                f"{path}: per_layer_config gives full-attention layers "
+                f"different shapes {sorted(shapes, key=str)}; keras_gemma "
+                "supports one head size and key/value head count per layer type."
+            )
+        if shapes:
+            return shapes.pop()
+    kv_heads = hf.get("num_global_key_value_heads") if k_eq_v else None
+    return hf.get("global_head_dim", 512), kv_heads
 
 
 def _sliding_window_pattern(hf, model_type, path):
@@ -131,6 +255,77 @@ _LAYER_NAMES = {
 }
 # A bare Gemma3TextModel (EmbeddingGemma) saves its names without "model.".
 _LAYER_PATTERN = re.compile(r"^(?:language_model\.)?(?:model\.)?layers\.(\d+)\.(.+)$")
+
+
+_GEMMA4_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "post_attention_layernorm.weight": "post_attention_norm/scale",
+    "post_feedforward_layernorm_1.weight": "post_dense_feedforward_norm/scale",
+    "pre_feedforward_layernorm_2.weight": "experts/pre_norm/scale",
+    "post_feedforward_layernorm_2.weight": "experts/post_norm/scale",
+    "router.proj.weight": "experts/router/kernel",
+    "router.scale": "experts/router_scale",
+    "router.per_expert_scale": "experts/per_expert_scale",
+    "experts.gate_up_proj": "experts/gate_up",  # split in _gemma4_tensors
+    "experts.down_proj": "experts/down/kernel",
+    "per_layer_input_gate.weight": "per_layer_input_gate/kernel",
+    "per_layer_projection.weight": "per_layer_projection/kernel",
+    "post_per_layer_input_norm.weight": "post_per_layer_input_norm/scale",
+    "layer_scalar": "layer_scalar",
+}
+_GEMMA4_TOP_NAMES = {
+    "embed_tokens.weight": "token_embedding/embeddings",
+    "norm.weight": "final_norm/scale",
+    "embed_tokens_per_layer.weight": "per_layer_embedding/token_embedding/embeddings",
+    "per_layer_model_projection.weight": "per_layer_embedding/projection/kernel",
+    "per_layer_projection_norm.weight": "per_layer_embedding/projection_norm/scale",
+}
+# Keys and values of KV-shared layers, which transformers also ignores.
+_GEMMA4_SHARED_LAYER_SKIPS = ("self_attn.k_proj.", "self_attn.v_proj.",
+                              "self_attn.k_norm.", "self_attn.v_norm.")
+
+
+def gemma4_name(hf_name, config):
+    """Our path for a Gemma 4 tensor name; None to skip, "?" + name if unknown."""
+    if hf_name.endswith("lm_head.weight") or hf_name.startswith(_GEMMA4_SKIPPED_PREFIXES):
+        return None
+    for prefix in _GEMMA4_TEXT_PREFIXES:
+        if hf_name.startswith(prefix):
+            rest = hf_name[len(prefix):]
+            break
+    else:
+        return "?" + hf_name
+    if rest in _GEMMA4_TOP_NAMES:
+        return _GEMMA4_TOP_NAMES[rest]
+    match = re.match(r"^layers\.(\d+)\.(.+)$", rest)
+    if not match:
+        return "?" + hf_name
+    index, rest = int(match.group(1)), match.group(2)
+    first_shared = config["num_layers"] - (config.get("num_kv_shared_layers") or 0)
+    if index >= first_shared and rest.startswith(_GEMMA4_SHARED_LAYER_SKIPS):
+        return None
+    ours = _GEMMA4_LAYER_NAMES.get(rest)
+    if ours is None:
+        return "?" + hf_name
+    return f"decoder_block_{index}/{ours}"
+
+
+def _gemma4_tensors(name, array):
+    """(our path, array) pairs for one Gemma 4 tensor, in our layout."""
+    if name.endswith("experts/gate_up"):
+        # (experts, 2 * width, hidden): gate rows first, then up rows.
+        block = name.rsplit("/", 1)[0]
+        gate, up = np.split(array, 2, axis=1)
+        yield block + "/gate/kernel", gate.transpose(0, 2, 1)
+        yield block + "/up/kernel", up.transpose(0, 2, 1)
+    elif name.endswith("experts/down/kernel"):
+        yield name, array.transpose(0, 2, 1)  # (experts, hidden, width) -> (experts, width, hidden)
+    elif name.endswith("layer_scalar"):
+        yield name, array.reshape(())
+    elif name.endswith("/kernel"):
+        yield name, array.T  # torch Linear stores (out, in)
+    else:
+        yield name, array
 
 
 def our_name(hf_name, config):
@@ -260,13 +455,35 @@ def _to_array(data, entry, name, path):
     return array.reshape(entry["shape"])
 
 
+def _is_gemma4(config):
+    return not config.get("norm_scale_plus_one", True)
+
+
+def _check_has_text_weights(folder, shards, config):
+    """A Gemma 4 folder whose tensors are all vision/audio gets a clear error."""
+    for path in shards:
+        header, _ = read_safetensors_header(path)
+        if any(gemma4_name(n, config) is not None for n in header):
+            return
+    raise ValueError(
+        f"{folder}: config.json describes a Gemma 4 model, but the "
+        "safetensors files hold no language-model weights (only vision/audio "
+        "towers, which keras_gemma skips). Download the full checkpoint, "
+        "including the model.language_model.* tensors."
+    )
+
+
 def read_weights(folder, config):
     """Yields (our path, float32 array) tensor by tensor, shard by shard."""
-    for path in _shards(folder):
+    gemma4 = _is_gemma4(config)
+    shards = _shards(folder)
+    if gemma4:
+        _check_has_text_weights(folder, shards, config)
+    for path in shards:
         header, offset = read_safetensors_header(path)
         data = np.memmap(path, dtype="uint8", mode="r", offset=offset)
         for hf_name, entry in header.items():
-            name = our_name(hf_name, config)
+            name = gemma4_name(hf_name, config) if gemma4 else our_name(hf_name, config)
             if name is None:
                 continue
             if name.startswith("?"):
@@ -275,7 +492,33 @@ def read_weights(folder, config):
                     "model."
                 )
             array = _to_array(data, entry, hf_name, path)
+            if gemma4:
+                for ours, value in _gemma4_tensors(name, array):
+                    yield ours, np.array(value, dtype="float32")
+                continue
             if name.endswith("/kernel"):
                 array = array.T  # torch Linear stores (out, in)
             yield name, np.array(array, dtype="float32")
         del data
+
+
+# -- tokenizer --------------------------------------------------------------------
+
+
+def tokenizer_file(folder):
+    """The one place that finds a Hugging Face folder's tokenizer file.
+
+    Gemma 1-3 folders ship SentencePiece's ``tokenizer.model``; Gemma 4
+    folders ship only ``tokenizer.json`` (read by
+    ``checkpoints/tokenizer_json.py``).
+    """
+    folder = str(folder)
+    model = os.path.join(folder, "tokenizer.model")
+    if os.path.isfile(model):
+        return model
+    if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        return os.path.join(folder, "tokenizer.json")
+    raise FileNotFoundError(
+        f"{folder}: the tokenizer file tokenizer.model is missing (expected at "
+        f"{model})."
+    )

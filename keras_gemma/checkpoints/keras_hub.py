@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from keras_gemma.checkpoints import file_errors
+from keras_gemma.layer_specs import GEMMA4_COMMON_SWITCHES, layer_specs, layer_types
 
 # keras-hub's layer names inside model.weights.h5, per decoder block.
 _BLOCK_LAYERS = {
@@ -40,6 +41,43 @@ _TOP_LAYERS = {
     "final_norm/scale": "rms_normalization",
 }
 _GEMMA3_ROPE = {"rope_max_wavelength": 1_000_000.0, "local": 10_000.0}
+
+# keras-hub's Gemma4Backbone: dataset paths inside each decoder block's group
+# (weights of a layer's own, not of a sublayer, sit in its vars/N).
+_GEMMA4_BLOCK_LAYERS = {
+    "pre_attention_norm/scale": "pre_attention_norm/vars/0",
+    "post_attention_norm/scale": "post_attention_norm/vars/0",
+    "pre_feedforward_norm/scale": "pre_ffw_norm/vars/0",
+    "post_feedforward_norm/scale": "post_ffw_norm/vars/0",
+    "feedforward_gate/kernel": "gating_ffw/vars/0",
+    "feedforward_up/kernel": "gating_ffw_2/vars/0",
+    "feedforward_down/kernel": "ffw_linear/vars/0",
+    "attention/query/kernel": "attention/query_dense/vars/0",
+    "attention/key/kernel": "attention/key_dense/vars/0",
+    "attention/value/kernel": "attention/value_dense/vars/0",
+    "attention/output/kernel": "attention/output_dense/vars/0",
+    "attention/query_norm/scale": "attention/query_norm/vars/0",
+    "attention/key_norm/scale": "attention/key_norm/vars/0",
+    "post_dense_feedforward_norm/scale": "post_ffw_norm_dense/vars/0",
+    "experts/pre_norm/scale": "pre_ffw_norm_moe/vars/0",
+    "experts/post_norm/scale": "post_ffw_norm_moe_path/vars/0",
+    "experts/router/kernel": "moe_router/proj/vars/0",
+    "experts/router_scale": "moe_router/vars/0",
+    "experts/gate/kernel": "moe_expert_bank/vars/0",
+    "experts/up/kernel": "moe_expert_bank/vars/1",
+    "experts/down/kernel": "moe_expert_bank/vars/2",
+    "experts/per_expert_scale": "moe_expert_bank/vars/3",
+    "per_layer_input_gate/kernel": "per_layer_input_gate/vars/0",
+    "per_layer_projection/kernel": "per_layer_up_proj/vars/0",
+    "post_per_layer_input_norm/scale": "post_per_layer_input_norm/vars/0",
+    "layer_scalar": "vars/0",
+}
+_GEMMA4_TOP_LAYERS = {
+    "token_embedding/embeddings": "reversible_embedding",
+    "per_layer_embedding/token_embedding/embeddings": "embedding",
+    "per_layer_embedding/projection/kernel": "dense",
+    "per_layer_embedding/projection_norm/scale": "rms_normalization",
+}
 
 
 def is_keras_hub_preset(path):
@@ -68,10 +106,11 @@ def config_from_keras_hub(serialized, source):
     config = dict(serialized.get("config", {}))
     if registered.startswith("keras_gemma>"):
         return {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
-    if class_name not in ("GemmaBackbone", "Gemma3Backbone"):
+    if class_name not in ("GemmaBackbone", "Gemma3Backbone", "Gemma4Backbone"):
         raise ValueError(
             f"{source}: config.json describes a '{class_name}', not a Gemma "
-            "backbone (expected keras-hub's GemmaBackbone or Gemma3Backbone)."
+            "backbone (expected keras-hub's GemmaBackbone, Gemma3Backbone or "
+            "Gemma4Backbone)."
         )
     try:
         ours = {
@@ -91,6 +130,8 @@ def config_from_keras_hub(serialized, source):
         }
     except KeyError as error:
         raise ValueError(f"{source}: config.json lacks the key {error}.") from None
+    if class_name == "Gemma4Backbone":
+        return {**ours, **_gemma4_config_from_keras_hub(config, source)}
     if not config.get("query_head_dim_normalize", True):
         ours["query_pre_attn_scalar"] = ours["hidden_dim"] // ours["num_query_heads"]
     sliding = config.get("use_sliding_window_attention", False)
@@ -114,6 +155,107 @@ def config_from_keras_hub(serialized, source):
             ours.update(sliding_window_size=config["sliding_window_size"],
                         sliding_window_pattern=6)
     return ours
+
+
+def _gemma4_config_from_keras_hub(config, source):
+    """The Gemma 4 switches of a keras-hub Gemma4Backbone config (text part;
+    a vision or audio encoder in the preset is skipped)."""
+    if config.get("is_embedding_model") or config.get("use_bidirectional_attention"):
+        raise ValueError(
+            f"{source}: this Gemma 4 preset is an embedding model "
+            "(bidirectional attention); keras_gemma runs causal text models."
+        )
+    if config.get("local_rope_scaling_factor", 1.0) != 1.0:
+        raise ValueError(
+            f"{source}: local_rope_scaling_factor "
+            f"{config['local_rope_scaling_factor']} is not supported (Gemma 4 uses 1.0)."
+        )
+    num_layers = config["num_layers"]
+    pattern = config.get("sliding_window_pattern") or 6
+    layer_types = config.get("layer_types") or [
+        "full_attention" if i % pattern == pattern - 1 else "sliding_attention"
+        for i in range(num_layers)
+    ]
+    global_kv_heads = config.get("num_global_key_value_heads")
+    per_layer_dim = config.get("hidden_size_per_layer_input") or 0
+    ours = {
+        **GEMMA4_COMMON_SWITCHES,
+        "sliding_window_size": (
+            config.get("sliding_window_size", 512)
+            if config.get("use_sliding_window_attention", True) else None),
+        "layer_types": list(layer_types),
+        "global_head_dim": config.get("global_head_dim"),
+        # keras-hub: global KV heads given <=> full layers use K = V.
+        "num_global_key_value_heads": global_kv_heads,
+        "attention_k_eq_v": global_kv_heads is not None,
+        "rope_max_wavelength": float(config.get("global_rope_wavelength") or 1_000_000.0),
+        "local_rope_max_wavelength": float(config.get("local_rope_wavelength") or 10_000.0),
+        "rope_scaling_factor": float(config.get("global_rope_scaling_factor", 1.0)),
+        "rope_partial_rotary_factor": float(
+            config.get("global_rope_partial_rotary_factor", 1.0)),
+        "num_kv_shared_layers": config.get("num_kv_shared_layers", 0) or 0,
+        "use_double_wide_mlp": bool(config.get("use_double_wide_mlp", False)),
+        "per_layer_input_dim": per_layer_dim,
+        "per_layer_vocabulary_size": (
+            config.get("vocab_size_per_layer_input") if per_layer_dim else None),
+    }
+    if config.get("enable_moe_block"):
+        ours.update(
+            num_experts=config.get("num_experts"),
+            num_experts_per_token=config.get("num_experts_per_token", 8),
+            expert_intermediate_dim=config.get("expert_intermediate_dim"),
+        )
+    return ours
+
+
+def weight_family(config):
+    """Which keras-hub weight layout a config's checkpoint uses."""
+    if not config.get("norm_scale_plus_one", True):
+        return "gemma4"
+    return "gemma3" if config.get("use_query_key_norm") else "gemma"
+
+
+def _gemma4_keras_hub_json(config):
+    """keras-hub's Gemma4Backbone config for ours, or None if it cannot say it."""
+    c = {"attention_k_eq_v": False, "num_global_key_value_heads": None,
+         "sliding_window_size": None, "query_pre_attn_scalar": None, **config}
+    if bool(c["attention_k_eq_v"]) != (c["num_global_key_value_heads"] is not None):
+        return None  # keras-hub ties K = V to having global key/value heads
+    if c["query_pre_attn_scalar"] != 1.0 or c.get("attention_logit_soft_cap") is not None:
+        return None
+    experts = c.get("num_experts")
+    return {
+        "vocabulary_size": c["vocabulary_size"], "image_size": None,
+        "num_layers": c["num_layers"], "num_query_heads": c["num_query_heads"],
+        "num_key_value_heads": c["num_key_value_heads"], "hidden_dim": c["hidden_dim"],
+        "intermediate_dim": c["intermediate_dim"], "head_dim": c["head_dim"],
+        "query_head_dim_normalize": True, "attention_logit_soft_cap": None,
+        "final_logit_soft_cap": c.get("final_logit_soft_cap"),
+        "use_sliding_window_attention": c["sliding_window_size"] is not None,
+        "sliding_window_size": c["sliding_window_size"] or 512,
+        "sliding_window_pattern": 6,
+        "layer_types": list(layer_types(c)),
+        "global_head_dim": c.get("global_head_dim"),
+        "local_rope_scaling_factor": 1.0,
+        "global_rope_scaling_factor": c.get("rope_scaling_factor", 1.0),
+        "vision_encoder": None, "audio_encoder": None, "num_audio_tokens_per_clip": None,
+        "use_bidirectional_attention": False, "use_vision_bidirectional_attention": False,
+        "layer_norm_epsilon": c.get("layer_norm_epsilon", 1e-6),
+        "dropout": c.get("dropout", 0.0), "is_embedding_model": False,
+        "pooling_intermediate_dim": None, "embedding_dim": None,
+        "num_kv_shared_layers": c.get("num_kv_shared_layers", 0),
+        "num_global_key_value_heads": c["num_global_key_value_heads"],
+        "hidden_size_per_layer_input": c.get("per_layer_input_dim", 0),
+        "vocab_size_per_layer_input": c.get("per_layer_vocabulary_size"),
+        "global_rope_wavelength": c.get("rope_max_wavelength", 1_000_000.0),
+        "local_rope_wavelength": c.get("local_rope_max_wavelength") or c.get(
+            "rope_max_wavelength", 10_000.0),
+        "global_rope_partial_rotary_factor": c.get("rope_partial_rotary_factor", 1.0),
+        "use_double_wide_mlp": c.get("use_double_wide_mlp", False),
+        "enable_moe_block": bool(experts), "num_experts": experts,
+        "expert_intermediate_dim": c.get("expert_intermediate_dim"),
+        "num_experts_per_token": c.get("num_experts_per_token") or 8,
+    }
 
 
 def _keras_hub_family(config):
@@ -163,8 +305,15 @@ def _dtype_config(name):
 def backbone_json(config, dtype_name="float32"):
     """``config.json`` content: keras-hub's class when it can express the
     config (so keras-hub loads our presets), else our own."""
-    family = _keras_hub_family(config)
     base = {"trainable": True, "dtype": _dtype_config(dtype_name)}
+    if weight_family(config) == "gemma4":
+        gemma4 = _gemma4_keras_hub_json(config)
+        family = None if gemma4 is None else "gemma4"
+        if gemma4 is not None:
+            return _serialized("gemma4.gemma4_backbone", "Gemma4Backbone",
+                               {"name": "gemma4_backbone", **base, **gemma4})
+    else:
+        family = _keras_hub_family(config)
     if family is None:
         return {"module": "keras_gemma.backbone", "class_name": "GemmaBackbone",
                 "config": {"name": "gemma_backbone", **base, **config},
@@ -207,18 +356,24 @@ def backbone_json(config, dtype_name="float32"):
 
 def task_jsons(backbone_serialized, sequence_length, add_end_token=True):
     """tokenizer.json, preprocessor.json and task.json in keras-hub's form."""
-    gemma3 = backbone_serialized["class_name"] == "Gemma3Backbone"
-    prefix = "gemma3" if gemma3 else "gemma"
-    camel = "Gemma3" if gemma3 else "Gemma"
+    class_name = backbone_serialized["class_name"]
+    gemma3 = class_name == "Gemma3Backbone"
+    gemma4 = class_name == "Gemma4Backbone"
+    prefix = "gemma3" if gemma3 else "gemma4" if gemma4 else "gemma"
+    camel = "Gemma3" if gemma3 else "Gemma4" if gemma4 else "Gemma"
     if backbone_serialized["registered_name"].startswith("keras_gemma>"):
         camel, prefix = "Gemma", "gemma"
+    tokenizer_config = {
+        "name": f"{prefix}_tokenizer", "trainable": True,
+        "dtype": _dtype_config("int32"), "config_file": "tokenizer.json",
+        "proto": None, "sequence_length": None, "add_bos": False,
+        "add_eos": False}
+    if gemma4:
+        # Text only: keras-hub's Gemma4Tokenizer need not find media tokens.
+        tokenizer_config.update(has_vision_tokens=False, has_audio_tokens=False,
+                                has_video_tokens=False)
     tokenizer = _serialized(
-        f"{prefix}.{prefix}_tokenizer", f"{camel}Tokenizer",
-        {"name": f"{prefix}_tokenizer", "trainable": True,
-         "dtype": _dtype_config("int32"), "config_file": "tokenizer.json",
-         "proto": None, "sequence_length": None, "add_bos": False,
-         "add_eos": False},
-    )
+        f"{prefix}.{prefix}_tokenizer", f"{camel}Tokenizer", tokenizer_config)
     preprocessor_config = {
         "name": f"{prefix}_causal_lm_preprocessor", "trainable": True,
         "dtype": _dtype_config("float32"), "tokenizer": tokenizer,
@@ -226,7 +381,7 @@ def task_jsons(backbone_serialized, sequence_length, add_end_token=True):
         "sequence_length": sequence_length, "add_start_token": True,
         "add_end_token": add_end_token,
     }
-    if gemma3:
+    if gemma3 or gemma4:
         preprocessor_config.update(image_converter=None)
     preprocessor = _serialized(
         f"{prefix}.{prefix}_causal_lm_preprocessor",
@@ -255,32 +410,52 @@ def metadata_json(parameter_count):
 
 
 def _block_group(index, family):
-    name = "gemma3_decoder_block" if family == "gemma3" else "gemma_decoder_block"
+    name = {"gemma3": "gemma3_decoder_block",
+            "gemma4": "gemma4_text_decoder_block"}.get(family, "gemma_decoder_block")
     return f"{name}_{index}" if index else name
 
 
 def _h5_paths(variable_paths, family):
     """Our variable path -> keras-hub HDF5 dataset path."""
+    paths = list(variable_paths)
+    if family == "gemma4":
+        top = dict(_GEMMA4_TOP_LAYERS)
+        # keras-hub's norms are named by creation order: with per-layer
+        # embeddings their norm comes first.
+        has_per_layer = any(p.startswith("per_layer_embedding/") for p in paths)
+        top["final_norm/scale"] = "rms_normalization_1" if has_per_layer else "rms_normalization"
+        block_layers = _GEMMA4_BLOCK_LAYERS
+    else:
+        top = _TOP_LAYERS
+        block_layers = {k: v + "/vars/0" for k, v in _BLOCK_LAYERS.items()}
     mapping = {}
-    for path in variable_paths:
-        if path in _TOP_LAYERS:
-            mapping[path] = f"layers/{_TOP_LAYERS[path]}/vars/0"
+    for path in paths:
+        if path in top:
+            mapping[path] = f"layers/{top[path]}/vars/0"
             continue
         block, rest = path.split("/", 1)
         index = int(block.rsplit("_", 1)[1])
-        mapping[path] = (
-            f"layers/{_block_group(index, family)}/{_BLOCK_LAYERS[rest]}/vars/0"
-        )
+        mapping[path] = f"layers/{_block_group(index, family)}/{block_layers[rest]}"
     return mapping
+
+
+def _heads(path, width, config):
+    """Heads of a projection of this output (query, key, value) or input
+    (output) width, for keras-hub's per-head kernel layout."""
+    if path.endswith(("query/kernel", "output/kernel")):
+        return config["num_query_heads"]
+    block = int(path.split("/", 1)[0].rsplit("_", 1)[1])
+    return layer_specs(config)[block].num_key_value_heads
 
 
 def _to_keras_hub(path, array, config):
     if path.endswith(("query/kernel", "key/kernel", "value/kernel")):
         hidden, width = array.shape
-        heads = width // config["head_dim"]
-        return array.reshape(hidden, heads, config["head_dim"]).transpose(1, 0, 2)
+        heads = _heads(path, width, config)
+        return array.reshape(hidden, heads, width // heads).transpose(1, 0, 2)
     if path.endswith("output/kernel"):
-        return array.reshape(-1, config["head_dim"], array.shape[-1])
+        heads = _heads(path, array.shape[0], config)
+        return array.reshape(heads, -1, array.shape[-1])
     return array
 
 
@@ -373,6 +548,7 @@ def write_weights(h5_path, backbone, family):
     config = backbone._config()
     weights = base_weights(backbone)
     paths = _h5_paths(list(weights), family or "gemma")
+    # (keras-hub's Gemma 4 weights take these same layouts.)
     with h5py.File(h5_path, "w") as f:
         for path in track(weights, "Writing weights", transient=True,
                           console=Console(stderr=True)):
