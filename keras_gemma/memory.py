@@ -205,7 +205,11 @@ def _largest_dimension(config, count, bytes_per_parameter, free):
         low, high = 0, value  # largest fitting value lies in [low, high)
         while high - low > 1:
             middle = (low + high) // 2
-            size = count({**config, name: middle}) * bytes_per_parameter
+            parameters = _count_valid(count, config, name, middle)
+            if parameters is None:  # e.g. heads that stop dividing: no hint
+                low = 0
+                break
+            size = parameters * bytes_per_parameter
             low, high = (middle, high) if size <= free else (low, middle)
         if low >= 1 and (best is None or value / low > best[1] / best[2]):
             best = (name, value, low)
@@ -216,6 +220,17 @@ def _largest_dimension(config, count, bytes_per_parameter, free):
         f"With the rest of the config unchanged, {name} (now {value:,}) "
         f"would have to be at most {largest:,}."
     )
+
+
+def _count_valid(count, config, name, value):
+    """Parameters with ``config[name] = value``, or of the next valid value
+    (count_parameters validates: ``head_dim`` must be even), or None."""
+    for candidate in (value, value + 1):
+        try:
+            return count({**config, name: candidate})
+        except ValueError:
+            continue
+    return None
 
 
 def check_generation(backbone, batch_size, max_length, cache_length=None,

@@ -13,6 +13,8 @@
   we write, so keras-hub reads our presets too).
 """
 
+import json
+import shutil
 import numpy as np
 import pytest
 from conftest import TESTS_DIR, to_numpy
@@ -353,12 +355,21 @@ def test_convert_round_trip(tmp_path):
     np.testing.assert_allclose(logits_of(again), logits_of(backbone("moe")), atol=1e-6, rtol=0)
 
 
-def test_folder_with_only_tokenizer_json_says_so(tmp_path):
+def test_folder_with_only_tokenizer_json_reads_it(tmp_path):
+    """Gemma 4 folders ship tokenizer.json only; its size must fit the config."""
     target = _copy("dense", tmp_path)
     (target / "tokenizer.model").unlink()
-    (target / "tokenizer.json").write_text("{}")
-    with pytest.raises(NotImplementedError, match="tokenizer.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(DATA / "gemma4_tokenizer" / name, target / name)
+    with pytest.raises(ValueError, match="different models"):
         keras_gemma.GemmaTokenizer.from_preset(str(target))
+    pieces = len(json.loads((target / "tokenizer.json").read_text())["model"]["vocab"])
+    config = json.loads((target / "config.json").read_text())
+    config["vocab_size"] = pieces
+    (target / "config.json").write_text(json.dumps(config))
+    tokenizer = keras_gemma.GemmaTokenizer.from_preset(str(target))
+    assert tokenizer.vocabulary_size() == pieces
+    assert tokenizer.id_to_token(tokenizer.end_of_turn_token_id) == "<turn|>"
 
 
 def test_expert_blocks_equal_per_pair_experts():
