@@ -13,7 +13,8 @@ LOG_EVERY_S = 30.0
 def bar(total, description):
     """Yields ``advance(n)``, to be called as items complete."""
     if not sys.stderr.isatty():
-        start, last, done = time.monotonic(), [0.0], [0]
+        start, done = time.monotonic(), [0]
+        last = [start]
 
         def log(n=1):
             done[0] += n
