@@ -8,8 +8,10 @@ starting processes, and writing files outside the working directory. Those
 Python-level guards are a second layer, not the boundary: the boundary is
 the separate process, its limits, its namespace and its time limit.
 
-The last stderr line ``__sandbox_result__ <reason>`` tells the parent why
-the program failed; a clean exit (status 0) means every test passed.
+The parent sends a one-time token on stdin; the last stderr line
+``__sandbox_result__ <token> <outcome>`` says how the program ended, and
+only ``passed`` after a clean exit counts: a program that leaves early
+(``sys.exit(0)``, ``os._exit(0)``) before its tests have run has failed.
 """
 
 import builtins
@@ -39,9 +41,12 @@ def install_guard(root):
     import subprocess
     import shutil
 
-    for name in ("socket", "socketpair", "create_connection", "create_server", "fromfd"):
-        if hasattr(socket, name):
-            setattr(socket, name, _refuse(f"socket.{name}"))
+    import _socket
+
+    for module in (socket, _socket):
+        for name in ("socket", "socketpair", "create_connection", "create_server", "fromfd"):
+            if hasattr(module, name):
+                setattr(module, name, _refuse(f"{module.__name__}.{name}"))
     subprocess.Popen = _refuse("subprocess")
     for name in ("system", "popen", "fork", "forkpty", "execv", "execve", "execvp",
                  "execvpe", "execl", "execle", "execlp", "execlpe", "spawnv",
@@ -96,7 +101,12 @@ def limit_resources(cpu_seconds, memory_bytes, file_bytes):
 
 def main():
     program_path = sys.argv[1]
+    token = sys.stdin.readline().strip()
+    sys.stdin.close()
     limit_resources(*(int(value) for value in sys.argv[2:5]))
+
+    def report(outcome):
+        print(f"\n{MARKER} {token} {outcome}", file=sys.stderr, flush=True)
     root = os.path.realpath(os.getcwd())
     with open(program_path) as f:
         source = f.read()
@@ -106,19 +116,16 @@ def main():
     try:
         exec(compile(source, "program.py", "exec"), namespace)
     except SystemExit as error:
-        code = error.code
-        if code in (None, 0):
-            return 0
-        print(f"\n{MARKER} failed: exit({code!r})", file=sys.stderr)
+        report(f"failed: exit({error.code!r})")
         return 1
     except MemoryError:
-        print(f"\n{MARKER} failed: out of memory", file=sys.stderr)
+        report("failed: out of memory")
         return 1
     except BaseException as error:  # the program's failure, reported
         message = str(error).splitlines()[0][:120] if str(error) else ""
-        reason = type(error).__name__ + (f": {message}" if message else "")
-        print(f"\n{MARKER} failed: {reason}", file=sys.stderr)
+        report("failed: " + type(error).__name__ + (f": {message}" if message else ""))
         return 1
+    report("passed")
     return 0
 
 

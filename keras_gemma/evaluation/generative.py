@@ -115,7 +115,10 @@ def _generate_batch(model, encoded, stop_strings, max_new_tokens, stop_ids, limi
         for row, length in enumerate(lengths):
             if done[row]:
                 continue
-            new_ids = [int(i) for i in state["token_ids"][row, length:state["index"]]]
+            # Rows with shorter prompts run past their own budget while the
+            # longest prompt catches up: cut each at its own max_new_tokens.
+            end = min(state["index"], length + max_new_tokens)
+            new_ids = [int(i) for i in state["token_ids"][row, length:end]]
             stopped = False
             for position, token in enumerate(new_ids):
                 if token in stop_ids:

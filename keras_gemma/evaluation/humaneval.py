@@ -24,6 +24,7 @@ import functools
 import gzip
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -104,6 +105,7 @@ def check_completion(problem, completion, timeout=10.0, memory_limit_bytes=MEMOR
         raise TypeError(f"completion must be a string, got {type(completion).__name__}.")
     program = (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n"
                + f"check({problem['entry_point']})\n")
+    token = secrets.token_hex(16)
     directory = tempfile.mkdtemp(prefix="keras_gemma_sandbox_")
     try:
         with open(os.path.join(directory, "program.py"), "w") as f:
@@ -115,19 +117,19 @@ def check_completion(problem, completion, timeout=10.0, memory_limit_bytes=MEMOR
         command = (network_isolation_prefix()
                    + (sys.executable, "-I", _CHILD, "program.py") + limits)
         child = subprocess.Popen(
-            command, cwd=directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            command, cwd=directory, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, start_new_session=True,
             env={"PATH": "/usr/bin:/bin", "HOME": directory, "TMPDIR": directory},
         )
         try:
-            _, stderr = child.communicate(timeout=timeout)
+            _, stderr = child.communicate(token.encode() + b"\n", timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill_group(child)
             child.communicate()
             return _result(problem, False, "timed out")
         finally:
             _kill_group(child)  # anything the program left running
-        return _result(problem, *_outcome(child.returncode, stderr))
+        return _result(problem, *_outcome(child.returncode, stderr, token))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -139,13 +141,15 @@ def _kill_group(child):
         pass
 
 
-def _outcome(returncode, stderr):
-    if returncode == 0:
-        return True, "passed"
+def _outcome(returncode, stderr, token):
     lines = stderr.decode("utf-8", "replace").splitlines()
+    prefix = f"{_MARKER} {token} "
     for line in reversed(lines):
-        if line.startswith(_MARKER):
-            return False, line[len(_MARKER):].strip()
+        if line.startswith(prefix):
+            outcome = line[len(prefix):].strip()
+            return outcome == "passed" and returncode == 0, outcome
+    if returncode == 0:
+        return False, "failed: the program ended before its tests finished"
     if returncode < 0:
         name = signal.Signals(-returncode).name
         reason = {"SIGXCPU": "CPU time limit", "SIGKILL": "killed (memory or time limit)"}
