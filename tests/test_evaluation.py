@@ -51,14 +51,27 @@ def scorer(model):
     return multiple_choice.LoglikelihoodScorer(model, batch_size=8)
 
 
-def hand_loglikelihood(model, context_ids, continuation_ids):
-    """log p(continuation | context) from one uncached forward pass over the
-    whole sequence, log-softmax and sum written out here in numpy."""
-    ids = np.array([list(context_ids) + list(continuation_ids)], "int32")
-    logits = to_numpy(model({"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}))
-    logits = logits[0].astype("float64")
+# Hand forward passes are padded to this one length: causal attention makes
+# the padding invisible to the real positions, and eager backends then run
+# one shape instead of compiling each op for every new length.
+HAND_LENGTH = 64
+
+
+def log_probabilities_by_hand(model, ids):
+    """log_softmax of one uncached forward pass, in float64 numpy."""
+    ids = list(ids)
+    padded = np.zeros((1, HAND_LENGTH), "int32")
+    padded[0, :len(ids)] = ids
+    logits = to_numpy(model({"token_ids": padded, "padding_mask": padded != 0}))
+    logits = logits[0, :len(ids)].astype("float64")
     shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def hand_loglikelihood(model, context_ids, continuation_ids):
+    """log p(continuation | context) from one forward pass over the whole
+    sequence, log-softmax and sum written out here in numpy."""
+    log_probabilities = log_probabilities_by_hand(model, list(context_ids) + list(continuation_ids))
     total, greedy = 0.0, True
     for offset, token in enumerate(continuation_ids):
         row = log_probabilities[len(context_ids) - 1 + offset]
@@ -102,13 +115,9 @@ def test_pairs_are_split_as_lm_eval_splits_them(model):
 def test_a_greedy_continuation_is_flagged_greedy(model, scorer):
     tokenizer = model.preprocessor.tokenizer
     context = [tokenizer.bos_token_id] + list(tokenizer.tokenize(["The quick brown fox"])[0])
-    ids = np.array([context], "int32")
     continuation = []
     for _ in range(3):  # argmax continuation, from full forward passes
-        step = np.array([context + continuation], "int32")
-        logits = to_numpy(model({"token_ids": step, "padding_mask": np.ones_like(step, bool)}))
-        continuation.append(int(logits[0, -1].argmax()))
-    assert ids.shape[1] == len(context)
+        continuation.append(int(log_probabilities_by_hand(model, context + continuation)[-1].argmax()))
     (_, greedy), (_, not_greedy) = scorer.score_tokens(
         [(context, continuation), (context, continuation[:2] + [(continuation[2] + 1) % 640])])
     assert greedy and not not_greedy
