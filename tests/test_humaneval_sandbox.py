@@ -193,29 +193,39 @@ def test_pass_at_k_matches_human_evals_estimator():
         assert humaneval.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
 
 
+def canned_generation(monkeypatch, answers):
+    """generate_until replaced: each prompt gets its next canned answer."""
+    calls = []
+
+    def fake_generate(model, prompts, stop_strings, **kwargs):
+        calls.append((prompts, stop_strings))
+        return [answers[prompt].pop(0) for prompt in prompts]
+
+    monkeypatch.setattr(humaneval.generative, "generate_until", fake_generate)
+    return calls
+
+
 def test_evaluate_scores_each_completion_in_the_sandbox(problems, monkeypatch):
     chosen = problems[:3]
     canned = [chosen[0]["canonical_solution"], "    return None\n", chosen[2]["canonical_solution"]]
-    seen = {}
-
-    def fake_generate(model, prompts, stop_strings, **kwargs):
-        seen["prompts"], seen["stop"] = prompts, stop_strings
-        return canned
-
-    monkeypatch.setattr(humaneval.generative, "generate_until", fake_generate)
-    result = humaneval.evaluate(model=None, problems=chosen)
+    calls = canned_generation(monkeypatch, {p["prompt"]: [c] for p, c in zip(chosen, canned)})
+    progress = []
+    result = humaneval.evaluate(model=None, problems=chosen,
+                                on_progress=lambda details, seconds: progress.append(len(details)))
     assert result["pass@1"] == pytest.approx(2 / 3)
-    assert seen["prompts"] == [p["prompt"] for p in chosen]
-    assert seen["stop"] == humaneval.STOP_STRINGS
+    assert sorted(calls[0][0]) == sorted(p["prompt"] for p in chosen)
+    assert calls[0][1] == humaneval.STOP_STRINGS
+    assert [d["task_id"] for d in result["details"]] == [p["task_id"] for p in chosen]
     assert [d["passed"] for d in result["details"]] == [1, 0, 1]
+    assert progress == [3]
 
 
 def test_evaluate_with_several_samples_gives_unbiased_pass_at_k(problems, monkeypatch):
     chosen = problems[:2]
     right, wrong = chosen[0]["canonical_solution"], "    return None\n"
     # Problem 0: 1 right of 4; problem 1: 0 of 4.
-    canned = [right, wrong, wrong, wrong] + [wrong] * 4
-    monkeypatch.setattr(humaneval.generative, "generate_until", lambda *a, **k: canned)
+    canned_generation(monkeypatch, {chosen[0]["prompt"]: [right, wrong, wrong, wrong],
+                                    chosen[1]["prompt"]: [wrong] * 4})
     result = humaneval.evaluate(model=None, problems=chosen, samples_per_problem=4,
                                 k=(1, 2, 4), sampler="random")
     assert result["pass@1"] == pytest.approx((1 / 4 + 0) / 2)

@@ -39,6 +39,9 @@ def run(args, load_model):
     print(format_table(results["metrics"], results["config"]))
     if args.out:
         _write_json(os.path.expanduser(args.out), results)
+        partial = os.path.expanduser(args.out) + ".partial"
+        if os.path.exists(partial):
+            os.remove(partial)
     return 0
 
 
@@ -47,9 +50,17 @@ def _humaneval(model, args):
 
     if args.num_fewshot:
         raise ValueError("HumanEval is zero-shot: leave out --num-fewshot.")
+    def save_partial(details, seconds):
+        # A long run leaves its state beside --out as it goes.
+        if args.out:
+            _write_json(os.path.expanduser(args.out) + ".partial", {
+                "problems_done": len(details), "passed": sum(d["passed"] for d in details),
+                "seconds": round(seconds, 1), "details": details})
+
     result = humaneval.evaluate(
         model, limit=args.limit, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens or humaneval.MAX_NEW_TOKENS,
+        on_progress=save_partial,
     )
     metrics = {"humaneval": {"pass@1": result["pass@1"], "problems": result["problems"],
                              "seconds": round(result["seconds"], 1)}}

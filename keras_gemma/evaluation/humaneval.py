@@ -172,12 +172,15 @@ def pass_at_k(n, c, k):
 
 def evaluate(model, problems=None, limit=None, samples_per_problem=1, k=(1,),
              sampler=None, max_new_tokens=MAX_NEW_TOKENS, batch_size=16,
-             timeout=10.0, seed=0):
+             timeout=10.0, seed=0, on_progress=None):
     """Generates completions for HumanEval problems and checks each one.
 
     Greedy (one sample each) by default: pass@1. With
     ``samples_per_problem=n > 1`` and a random ``sampler``, pass@k for each
-    ``k <= n`` with the unbiased estimator.
+    ``k <= n`` with the unbiased estimator. Problems are generated in
+    groups of similar prompt length, each group checked as soon as it is
+    done; ``on_progress(details)`` then receives the results so far (a long
+    run can save its partial state).
 
     Returns ``{"pass@k": ..., "problems": n, "seconds": ..., "details": [...]}``.
     """
@@ -188,21 +191,29 @@ def evaluate(model, problems=None, limit=None, samples_per_problem=1, k=(1,),
         raise ValueError("samples_per_problem > 1 needs a random sampler (e.g. 'top_p').")
     k = [int(i) for i in k if int(i) <= samples_per_problem]
     start = time.monotonic()
-    prompts = [p["prompt"] for p in problems for _ in range(samples_per_problem)]
-    completions = generative.generate_until(
-        model, prompts, STOP_STRINGS, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, sampler=sampler, seed=seed, description="HumanEval",
-    )
-    generation_seconds = time.monotonic() - start
-    details = []
-    for index, problem in enumerate(problems):
-        samples = completions[index * samples_per_problem:(index + 1) * samples_per_problem]
-        checks = [check_completion(problem, c, timeout=timeout) for c in samples]
-        details.append({"task_id": problem["task_id"], "completions": samples,
-                        "results": [c["result"] for c in checks],
-                        "passed": sum(c["passed"] for c in checks)})
+    # Similar lengths batch well; a group is a few batches.
+    order = sorted(range(len(problems)), key=lambda i: len(problems[i]["prompt"]))
+    group = max(1, (4 * batch_size) // samples_per_problem)
+    details = [None] * len(problems)
+    for begin in range(0, len(order), group):
+        members = order[begin:begin + group]
+        prompts = [problems[i]["prompt"] for i in members for _ in range(samples_per_problem)]
+        completions = generative.generate_until(
+            model, prompts, STOP_STRINGS, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, sampler=sampler, seed=seed + begin,
+            description=f"HumanEval {begin + len(members)}/{len(problems)}",
+        )
+        for n, index in enumerate(members):
+            problem = problems[index]
+            samples = completions[n * samples_per_problem:(n + 1) * samples_per_problem]
+            checks = [check_completion(problem, c, timeout=timeout) for c in samples]
+            details[index] = {"task_id": problem["task_id"], "completions": samples,
+                              "results": [c["result"] for c in checks],
+                              "passed": sum(c["passed"] for c in checks)}
+        if on_progress is not None:
+            on_progress([d for d in details if d is not None], time.monotonic() - start)
     scores = {f"pass@{i}": float(np.mean([pass_at_k(samples_per_problem, d["passed"], i)
                                           for d in details])) for i in k}
     return {**scores, "problems": len(problems), "samples_per_problem": samples_per_problem,
-            "max_new_tokens": max_new_tokens, "generation_seconds": generation_seconds,
-            "seconds": time.monotonic() - start, "details": details}
+            "max_new_tokens": max_new_tokens, "seconds": time.monotonic() - start,
+            "details": details}
