@@ -125,3 +125,37 @@ def test_a_backend_other_than_the_running_one_is_refused(model):
     with pytest.raises(ValueError, match=f"backend='{other}' was asked for"):
         LMEvalModel(model=model, backend=other)
     assert np.isfinite(to_numpy(model.score(np.array([[2, 5, 9]], "int32"))).all())
+
+
+def test_the_adapter_loads_a_preset(model, tmp_path):
+    import keras
+
+    from keras_gemma import preset_io
+
+    preset_io.save_preset(tmp_path / "preset", backbone=model.backbone,
+                          preprocessor=model.preprocessor)
+    loaded = LMEvalModel(preset=str(tmp_path / "preset"), backend=keras.config.backend())
+    pair = [request("loglikelihood", ("Hello", " world"))]
+    assert loaded.loglikelihood(pair)[0][0] == pytest.approx(
+        LMEvalModel(model=model).loglikelihood(pair)[0][0], abs=1e-5)
+
+
+def test_eval_command_runs_an_lm_eval_task(lm, model, monkeypatch, tmp_path, capsys):
+    import argparse
+
+    from keras_gemma.evaluation import command
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    args = argparse.Namespace(
+        task=f"lm-eval:{TASK_YAML}", preset="tiny", limit=8, num_fewshot=None, batch_size=8,
+        quantize=None, dtype=None, adapter=None, max_new_tokens=None,
+        out=str(tmp_path / "results.json"))
+    assert command.run(args, lambda args: model) == 0
+    import json
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    expected = tasks.evaluate_task(model, tasks.load_task(tasks.bundled("capitals")), limit=8,
+                                   scorer=lm.scorer)
+    assert results["metrics"]["capitals_lmeval"]["acc"] == expected["metrics"]["acc"]
+    assert "capitals_lmeval  acc" in capsys.readouterr().out
