@@ -250,7 +250,7 @@ def _parser():
         "examples:\n"
         "  keras-gemma eval --preset gemma3_270m --task humaneval --out humaneval.json\n"
         "  keras-gemma eval --task humaneval --quantize int8 --limit 20 --batch-size 8\n"
-        "  keras-gemma eval --task keras_gemma/evaluation/data/arithmetic_mc.yaml "
+        "  keras-gemma eval --task keras_gemma/evaluation/data/capitals.json "
         "--num-fewshot 3\n"
         "  keras-gemma eval --task lm-eval:hellaswag --limit 100 --backend torch\n"
         "  keras-gemma eval --task lm-eval:piqa --adapter my_adapter/adapter.lora.h5",

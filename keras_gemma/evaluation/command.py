@@ -19,6 +19,8 @@ def run(args, load_model):
             f"--task {task}: expected 'humaneval', 'lm-eval:<task name>' or a task "
             "file (.json or .yaml); no such file."
         )
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise ValueError(f"--num-fewshot must be 0 or more, got {args.num_fewshot}.")
     start = time.monotonic()
     model = load_model(args)
     load_seconds = time.monotonic() - start
