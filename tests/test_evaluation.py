@@ -384,6 +384,8 @@ def real_model():
 
 @pytest.mark.slow
 def test_real_loglikelihoods_equal_transformers_on_the_same_gguf(real_model):
+    if not ORACLE_PATH.exists():
+        pytest.fail(f"{ORACLE_PATH.name} is missing: run tests/data/make_eval_loglikelihood_oracle.py")
     oracle = json.loads(ORACLE_PATH.read_text())["pairs"]
     assert len(oracle) == 300
     tokenizer = real_model.preprocessor.tokenizer
