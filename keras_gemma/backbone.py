@@ -47,6 +47,7 @@ from keras_gemma.per_layer_embedding import PerLayerEmbedding
 from keras_gemma.quantization import QuantizableDense
 from keras_gemma.rms_norm import RMSNorm
 from keras_gemma.rotary_embedding import rotary_cos_sin
+from keras_gemma.validation import check_model_inputs
 from keras_gemma.validation import check_token_dtype
 
 # Set by `skip_weight_initialization`: loaders overwrite every weight, so
@@ -323,6 +324,10 @@ class GemmaBackbone(keras.Model):
         return layer_types(config)[index] == SLIDING
 
     # -- forward -----------------------------------------------------------
+
+    def __call__(self, inputs, *args, **kwargs):
+        check_model_inputs(inputs, "The model's token_ids")
+        return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, training=False):
         """``inputs``: dict of ``token_ids`` and ``padding_mask``, (batch, time).

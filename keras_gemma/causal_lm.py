@@ -14,7 +14,7 @@ from keras_gemma.backbone import GemmaBackbone
 from keras_gemma.preprocessor import GemmaCausalLMPreprocessor
 from keras_gemma.quantization import levels_varying_with
 from keras_gemma.tokenizer import GemmaTokenizer
-from keras_gemma.validation import check_token_dtype
+from keras_gemma.validation import check_model_inputs
 from keras_gemma.validation import check_token_ids
 
 # The tokenizer module imports no Keras (it runs without a backend), so it
@@ -87,6 +87,10 @@ class GemmaCausalLM(keras.Model):
         self.context_length = None
         self.built = True
 
+    def __call__(self, inputs, *args, **kwargs):
+        check_model_inputs(inputs, "The model's token_ids")
+        return super().__call__(inputs, *args, **kwargs)
+
     def call(self, inputs, training=False):
         hidden = self.backbone(inputs, training=training)
         return self.backbone.compute_logits(hidden)
@@ -153,7 +157,7 @@ class GemmaCausalLM(keras.Model):
                 raise ValueError("Got an empty dataset: no text to train on.")
             return self.preprocessor(x, y, sample_weight)
         if isinstance(x, dict) and "token_ids" in x:
-            _check_token_inputs(x)
+            check_model_inputs(x)
             return x, y, sample_weight
         if hasattr(x, "as_numpy_iterator") or isinstance(x, keras.utils.PyDataset):
             return x, y, sample_weight  # yields model-ready batches itself
@@ -189,7 +193,7 @@ class GemmaCausalLM(keras.Model):
     def predict(self, x, *args, **kwargs):
         # Checked before Keras starts: on JAX a failure inside its loop
         # leaves the model's variables emptied.
-        _check_token_inputs(x)
+        check_model_inputs(x)
         return super().predict(x, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
@@ -686,15 +690,6 @@ def _is_text(x):
     return isinstance(x, (list, tuple)) and len(x) > 0 and all(
         isinstance(i, str) for i in x
     ) or (isinstance(x, (list, tuple)) and len(x) == 0)
-
-
-def _check_token_inputs(x):
-    """Integer token ids in a model-ready dict (or array), before Keras runs."""
-    token_ids = x.get("token_ids") if isinstance(x, dict) else x
-    if isinstance(token_ids, (list, tuple, np.ndarray)):
-        check_token_ids(token_ids, "token_ids")
-    elif hasattr(token_ids, "dtype") and hasattr(token_ids, "shape"):
-        check_token_dtype(token_ids, "token_ids")
 
 
 def _prompt_count(inputs):

@@ -92,6 +92,19 @@ def check_token_ids(token_ids, what="token_ids"):
     return array
 
 
+def check_model_inputs(inputs, what="token_ids"):
+    """Integer token ids in a model-ready dict (or array), before Keras runs.
+
+    Keras converts numpy inputs itself, where an object array fails with a
+    backend message; this says what was wrong first.
+    """
+    token_ids = inputs.get("token_ids") if isinstance(inputs, dict) else inputs
+    if isinstance(token_ids, (list, tuple, np.ndarray)):
+        check_token_ids(token_ids, what)
+    elif hasattr(token_ids, "dtype") and hasattr(token_ids, "shape"):
+        check_token_dtype(token_ids, what)
+
+
 def check_token_dtype(token_ids, what="token_ids"):
     """Refuses a tensor (symbolic or not) whose dtype is not an integer one."""
     import keras

@@ -125,6 +125,12 @@ def test_score_and_model_call_refuse_non_integer_ids(tiny_lm):
         tiny_lm({"token_ids": floats, "padding_mask": mask})
     with pytest.raises(TypeError, match="token_ids must be integer token ids"):
         tiny_lm.backbone({"token_ids": floats, "padding_mask": mask})
+    objects = np.array([[2, None, 4]], dtype=object)
+    for model in (tiny_lm, tiny_lm.backbone):
+        with pytest.raises(TypeError, match="got a object array"):
+            model({"token_ids": objects, "padding_mask": mask})
+        with pytest.raises(TypeError, match="got a bool array"):
+            model(np.ones((1, 3), bool))
     with pytest.raises(TypeError, match="token_ids must be integer token ids"):
         tiny_lm.predict({"token_ids": floats, "padding_mask": mask}, verbose=0)
     # A refused call leaves the model usable (Keras' JAX predict empties
