@@ -241,8 +241,10 @@ class GemmaBackbone(keras.Model):
         for name, value in config.items():
             setattr(self, name, list(value) if name == "layer_types" and value else value)
         _validate_config(self._config())
-        self.layer_specs = layer_specs(self._config())
+        # Before the per-layer specs too: a config with 10^18 layers must be
+        # refused, not listed.
         memory.check_backbone(self)  # before any weight exists
+        self.layer_specs = layer_specs(self._config())
         self.lora_config = None  # set by enable_lora
 
         policy = self.dtype_policy

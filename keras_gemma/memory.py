@@ -83,9 +83,38 @@ def backbone_bytes(config, dtype="float32", int8=False, count_parameters=None):
         from keras_gemma.backbone import GemmaBackbone
 
         count_parameters = GemmaBackbone.count_parameters
-    parameters = count_parameters(config)
     per_parameter = INT8_BYTES_PER_PARAMETER if int8 else _itemsize(dtype)
-    return int(math.ceil(parameters * per_parameter))
+    return int(math.ceil(_parameters(config, count_parameters) * per_parameter))
+
+
+def _parameters(config, count_parameters, fitting=None):
+    """``count_parameters(config)``, or a lower bound when that is absurd.
+
+    count_parameters walks the layers; a config with 10^18 layers is over
+    any memory by the lower bound already, so it is never walked.
+    ``fitting``: the most parameters that fit, if known (a lower bound
+    above it is answer enough).
+    """
+    at_least = _parameters_at_least(config)
+    limit = _LOWER_BOUND_PARAMETERS if fitting is None else min(fitting, _LOWER_BOUND_PARAMETERS)
+    return at_least if at_least > limit else count_parameters(config)
+
+
+# Configs with at least this many parameters (10^15) fit nowhere.
+_LOWER_BOUND_PARAMETERS = 10**15
+
+
+def _parameters_at_least(config):
+    """A lower bound on the parameters: the embedding and two norms a layer.
+
+    0 when the sizes are not integers (count_parameters then says why).
+    """
+    sizes = [config.get(name) for name in ("vocabulary_size", "hidden_dim", "num_layers")]
+    if not all(isinstance(size, int) and not isinstance(size, bool) and size > 0
+               for size in sizes):
+        return 0
+    vocabulary_size, hidden_dim, num_layers = sizes
+    return hidden_dim * (vocabulary_size + 2 * num_layers)
 
 
 def cache_bytes(backbone, batch_size, length):
@@ -164,13 +193,17 @@ def check_weights(config, dtype="float32", int8=False, count_parameters=None,
         from keras_gemma.backbone import GemmaBackbone
 
         count_parameters = GemmaBackbone.count_parameters
-    count = count_parameters
-    needed = backbone_bytes(config, dtype, int8, count)
     free, where = available if available is not None else available_bytes()
+    per_parameter = INT8_BYTES_PER_PARAMETER if int8 else _itemsize(dtype)
+    fitting = None if free is None else int(free / per_parameter)
+    parameters = _parameters(config, count_parameters, fitting)
+    needed = int(math.ceil(parameters * per_parameter))
     if free is None or needed <= free:
         return
     stored = "int8" if int8 else dtype
-    parameters = count(config)
+    # Each candidate in the hint's search is counted only if it could fit.
+    def count(candidate):
+        return _parameters(candidate, count_parameters, fitting)
     message = (
         f"GemmaBackbone: {parameters:,} parameters in {stored} need "
         f"{format_bytes(needed)}, but only {format_bytes(free)} of {where} "
@@ -205,7 +238,10 @@ def _largest_dimension(config, count, bytes_per_parameter, free):
         low, high = 0, value  # largest fitting value lies in [low, high)
         while high - low > 1:
             middle = (low + high) // 2
-            parameters = _count_valid(count, config, name, middle)
+            if name == "num_layers":
+                parameters = _layers_estimate(count, config, middle)
+            else:
+                parameters = _count_valid(count, config, name, middle)
             if parameters is None:  # e.g. heads that stop dividing: no hint
                 low = 0
                 break
@@ -220,6 +256,17 @@ def _largest_dimension(config, count, bytes_per_parameter, free):
         f"With the rest of the config unchanged, {name} (now {value:,}) "
         f"would have to be at most {largest:,}."
     )
+
+
+def _layers_estimate(count, config, num_layers):
+    """Parameters with ``num_layers`` layers, from 1 and 2 layers' counts
+    (walking 10^6 layers per step of the search would take seconds; the
+    hint is an estimate anyway), or None."""
+    one = _count_valid(count, config, "num_layers", 1)
+    two = _count_valid(count, config, "num_layers", 2)
+    if one is None or two is None:
+        return None
+    return one + (two - one) * (num_layers - 1)
 
 
 def _count_valid(count, config, name, value):

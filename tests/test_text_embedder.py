@@ -17,6 +17,7 @@ import keras_gemma
 from keras_gemma import GemmaBackbone
 from keras_gemma import GemmaTextEmbedder
 from keras_gemma.backbone import CONFIG_DEFAULTS
+from keras_gemma.backbone import GEMMA4_CONFIG_DEFAULTS
 from keras_gemma.backbone import REQUIRED_CONFIG
 from keras_gemma.text_embedder import MODEL_CARD_PROMPTS
 
@@ -53,8 +54,10 @@ def test_preset_matches_published_config(oracle):
     assert preset["name"] == "embedding_gemma3_300m"
     assert preset["name"] in keras_gemma.list_presets()
     b = preset["backbone"]
-    assert set(b) == set(REQUIRED_CONFIG) | set(CONFIG_DEFAULTS) | {
-        "use_bidirectional_attention"}
+    # Gemma 1-3 presets leave Gemma 4's switches at their defaults.
+    assert set(b) == set(REQUIRED_CONFIG) | (
+        set(CONFIG_DEFAULTS) - set(GEMMA4_CONFIG_DEFAULTS)
+    ) | {"use_bidirectional_attention"}
     assert b["vocabulary_size"] == published["vocab_size"]
     assert b["hidden_dim"] == published["hidden_size"]
     assert b["intermediate_dim"] == published["intermediate_size"]
