@@ -1,6 +1,7 @@
 """Atomic writing and the weights every exporter starts from."""
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -91,3 +92,10 @@ def float_weights(backbone):
         name = path[len(prefix):] if path.startswith(prefix) else path
         weights[name] = np.asarray(ops.convert_to_numpy(value))
     return weights
+
+
+def write_json(path, data):
+    """``data`` as indented UTF-8 JSON (non-ASCII kept), newline-terminated."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
