@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from keras import ops
 
 
 def check_destination(destination, overwrite):
@@ -84,6 +83,8 @@ def float_weights(backbone):
     ``decoder_block_0/attention/query/kernel`` (the backbone name prefix
     removed), the names every checkpoint mapping in ``checkpoints/`` uses.
     """
+    from keras import ops  # here, so checking a destination needs no Keras
+
     from keras_gemma.lora import base_weights
 
     prefix = backbone.name + "/"

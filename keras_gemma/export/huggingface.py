@@ -32,6 +32,9 @@ from keras_gemma.checkpoints import huggingface as hf_checkpoint
 from keras_gemma.export import files
 from keras_gemma.export import hf_tokenizer
 
+# What ``quantization`` takes: the stored float type (our int8 has no
+# transformers layout).
+QUANTIZATIONS = ("f32", "f16", "bf16")
 DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3  # transformers' default (5 GB)
 # quantization -> the stored float type; None keeps the model's own.
 _DTYPES = {None: None, "f32": "float32", "f16": "float16", "bf16": "bfloat16"}
