@@ -298,8 +298,10 @@ def test_adapter_only_without_adapter(tmp_path):
 
 
 def test_int8_model_is_refused(tmp_path):
-    model = tiny_causal_lm("gemma_mqa")
-    model.quantize("int8")
+    from tiny_preset import shared_tiny_preset
+
+    # Built as int8 while loading (quantize() on a built model takes seconds).
+    model = keras_gemma.GemmaCausalLM.from_preset(shared_tiny_preset(), quantize="int8")
     with pytest.raises(ValueError, match="quantized to int8, which a Hugging Face"):
         export(model, "hf", tmp_path / "int8")
     assert not (tmp_path / "int8").exists()
