@@ -40,6 +40,8 @@ def run_folder(folder, request):
                                 do_sample=False, eos_token_id=None)
     result["greedy"] = output[0, prompt.shape[1]:].tolist()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    # Which file it built itself from: ours has this many merges.
+    result["merges"] = len(json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"])
     result["ids"] = [tokenizer(text, add_special_tokens=False)["input_ids"]
                      for text in request["texts"]]
     result["ids_with_bos"] = tokenizer(request["texts"][0])["input_ids"]

@@ -220,13 +220,27 @@ def folder_path(folder):
 
 @pytest.mark.parametrize("name", ("gemma", "gemma4_tokenizer"))
 def test_transformers_tokenizer_gives_our_ids(exported, name):
-    model, _, result = result_of(exported, name)
+    model, folder, result = result_of(exported, name)
     tokenizer = model.preprocessor.tokenizer
     for text, ids, decoded in zip(TEXTS, result["ids"], result["decoded"]):
         ours = [int(i) for i in tokenizer.tokenize(text)]
         assert ids == ours, text
         assert decoded == tokenizer.detokenize(ours), text
     assert result["ids_with_bos"][0] == tokenizer.bos_token_id
+    written = json.loads((folder_path(folder) / "tokenizer.json").read_text())
+    assert result["merges"] == len(written["model"]["merges"])  # it read our tokenizer.json
+
+
+@pytest.mark.parametrize("kind", ("gemma", "gemma4"))
+def test_tokenizer_json_reads_back_as_the_same_tokenizer(kind):
+    from keras_gemma.checkpoints import tokenizer_json
+
+    tokenizer = (tokenizer_from_tokenizer_json(DATA / "gemma4_tokenizer") if kind == "gemma4"
+                 else keras_gemma.GemmaTokenizer(str(VOCABULARY_PATH)))
+    written = tokenizer_json.tokenizer_json_from_proto(tokenizer.proto)
+    back = keras_gemma.GemmaTokenizer(tokenizer_json.tokenizer_proto(written, {}))
+    for text in TEXTS + ["hello the world of def    \n\n", "aaaa bbbb", "\u2581 x"]:
+        assert list(back.tokenize(text)) == list(tokenizer.tokenize(text)), text
 
 
 @pytest.mark.parametrize("name", ("gemma", "gemma4_tokenizer"))

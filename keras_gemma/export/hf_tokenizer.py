@@ -1,16 +1,18 @@
 """The tokenizer side of a Hugging Face folder: ``tokenizer.model``,
-``tokenizer_config.json``, ``special_tokens_map.json``, the chat template
-(``chat_template.jinja``, and in ``tokenizer_config.json`` for readers that
-predate the separate file) and ``generation_config.json``.
+``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``,
+the chat template (``chat_template.jinja``, and in ``tokenizer_config.json``
+for readers that predate the separate file) and ``generation_config.json``.
 
 ``tokenizer.model`` is our SentencePiece model as it is (for Gemma 4, the one
 ``checkpoints/tokenizer_json.py`` rebuilt from ``tokenizer.json``);
-transformers' ``GemmaTokenizer`` builds its fast tokenizer from it. The chat
-templates are Jinja versions of ``keras_gemma.chat.chat_template`` (string
-contents), starting with ``bos_token`` as transformers' templates do.
+``tokenizer.json`` (``tokenizers``' form of the same BPE model, all that
+Gemma 4 folders ship) is written from it, and transformers reads it first.
+The chat templates are Jinja versions of ``keras_gemma.chat.chat_template``
+(string contents), starting with ``bos_token`` as transformers' templates do.
 """
 
 from keras_gemma import chat
+from keras_gemma.checkpoints.tokenizer_json import tokenizer_json_from_proto
 from keras_gemma.export import files
 
 GEMMA_CHAT_TEMPLATE = (
@@ -73,6 +75,9 @@ CHAT_TEMPLATES = {"gemma": GEMMA_CHAT_TEMPLATE, "gemma4": GEMMA4_CHAT_TEMPLATE}
 def write_tokenizer_files(folder, tokenizer, model_max_length):
     """Writes the tokenizer files and ``generation_config.json`` into ``folder``."""
     (folder / "tokenizer.model").write_bytes(tokenizer.proto)
+    fast = tokenizer_json_from_proto(tokenizer.proto)
+    if fast is not None:
+        files.write_json(folder / "tokenizer.json", fast)
     template = CHAT_TEMPLATES[chat.chat_family(tokenizer)]
     (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
     specials = {

@@ -15,7 +15,7 @@ The folder holds what Google's own Gemma repositories hold:
   ``Linear`` layout (out, in). Norm scales are stored as we hold them: Gemma
   1-3 compute ``x * (1 + scale)`` in both, Gemma 4 ``x * scale`` in both.
   The embedding is tied, so there is no ``lm_head.weight``.
-- ``tokenizer.model`` (our SentencePiece model), ``tokenizer_config.json``,
+- ``tokenizer.model`` (our SentencePiece model), ``tokenizer.json``, ``tokenizer_config.json``,
   ``special_tokens_map.json``, ``chat_template.jinja``,
   ``generation_config.json`` (see ``hf_tokenizer.py``).
 
