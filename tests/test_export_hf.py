@@ -453,3 +453,25 @@ def test_cli_reruns_a_format_that_needs_another_backend(tmp_path, monkeypatch, c
                         str(tmp_path / "d"), "--backend", other, "--dtype", "bfloat16",
                         "--overwrite"]
     assert f"KERAS_BACKEND={other}" in capsys.readouterr().err
+
+
+def test_reader_takes_transformers_5_rope_parameters():
+    # What transformers 5's save_pretrained writes for Gemma 1 and 2.
+    for model_type in ("gemma", "gemma2"):
+        hf = {"model_type": model_type, "vocab_size": 640, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "hidden_size": 32, "intermediate_size": 64,
+              "rope_parameters": {"rope_type": "default", "rope_theta": 5000.0}}
+        assert hf_checkpoint.config_from_hf(hf)["rope_max_wavelength"] == 5000.0
+
+
+def test_bfloat16_model_is_written_as_bfloat16(tmp_path):
+    from tiny_preset import shared_tiny_preset
+
+    model = keras_gemma.GemmaCausalLM.from_preset(shared_tiny_preset("bfloat16"))
+    folder = hf_export.export_huggingface(model, tmp_path / "bf16")
+    header, _ = hf_checkpoint.read_safetensors_header(os.path.join(folder, "model.safetensors"))
+    assert {entry["dtype"] for entry in header.values()} == {"BF16"}
+    back = keras_gemma.GemmaBackbone.from_preset(folder, dtype="bfloat16")
+    for ours, theirs in zip(model.backbone.weights, back.weights):
+        np.testing.assert_array_equal(to_numpy(ours.value).astype("float32"),
+                                      to_numpy(theirs.value).astype("float32"))

@@ -73,7 +73,7 @@ def config_from_hf(hf, path="config.json"):
     except KeyError as error:
         raise ValueError(f"{path}: missing the key {error}.") from None
     if model_type == "gemma":
-        config["rope_max_wavelength"] = float(hf.get("rope_theta", 10_000.0))
+        config["rope_max_wavelength"] = _rope_theta(hf)
         return config
     if model_type == "gemma4_text":
         config.update(_gemma4_config(hf, path))
@@ -214,10 +214,19 @@ def _sliding_window_pattern(hf, model_type, path):
     return 2 if model_type == "gemma2" else 6
 
 
+def _rope_theta(hf):
+    """Gemma 1 and 2's one RoPE base: transformers 4 wrote ``rope_theta``,
+    transformers 5 writes ``rope_parameters: {"rope_theta": ...}``."""
+    parameters = hf.get("rope_parameters")
+    if "rope_theta" not in hf and isinstance(parameters, dict):
+        return float(parameters.get("rope_theta", 10_000.0))
+    return float(hf.get("rope_theta", 10_000.0))
+
+
 def _rope(hf, model_type):
     if model_type == "gemma2":
-        return {"rope_max_wavelength": float(hf.get("rope_theta", 10_000.0)),
-                "local_rope_max_wavelength": float(hf.get("rope_theta", 10_000.0))}
+        return {"rope_max_wavelength": _rope_theta(hf),
+                "local_rope_max_wavelength": _rope_theta(hf)}
     parameters = hf.get("rope_parameters")
     if isinstance(parameters, dict) and "full_attention" in parameters:
         full = parameters["full_attention"]

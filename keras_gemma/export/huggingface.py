@@ -167,7 +167,7 @@ def config_to_hf(config, tokenizer, family):
         "num_attention_heads": c["num_query_heads"],
         "num_key_value_heads": c["num_key_value_heads"],
         "head_dim": c["head_dim"],
-        "rms_norm_eps": c["layer_norm_epsilon"],
+        "rms_norm_eps": float(c["layer_norm_epsilon"]),
         "hidden_activation": "gelu_pytorch_tanh",
         "max_position_embeddings": _MAX_POSITIONS[family],
         "tie_word_embeddings": True,
@@ -189,10 +189,10 @@ def config_to_hf(config, tokenizer, family):
         hf.update(_gemma4_fields(c, types))
         return hf
     hf.update(
-        query_pre_attn_scalar=c["query_pre_attn_scalar"] or c["head_dim"],
-        attn_logit_softcapping=c["attention_logit_soft_cap"],
-        final_logit_softcapping=c["final_logit_soft_cap"],
-        sliding_window=c["sliding_window_size"],
+        query_pre_attn_scalar=_whole(c["query_pre_attn_scalar"] or c["head_dim"]),
+        attn_logit_softcapping=_float(c["attention_logit_soft_cap"]),
+        final_logit_softcapping=_float(c["final_logit_soft_cap"]),
+        sliding_window=_whole(c["sliding_window_size"]),
         layer_types=types,
     )
     theta = float(c["rope_max_wavelength"])
@@ -227,8 +227,8 @@ def _gemma4_fields(c, types):
     per_layer = c["per_layer_input_dim"] or 0
     return {
         "layer_types": types,
-        "sliding_window": c["sliding_window_size"],
-        "final_logit_softcapping": c["final_logit_soft_cap"],
+        "sliding_window": _whole(c["sliding_window_size"]),
+        "final_logit_softcapping": _float(c["final_logit_soft_cap"]),
         "rope_parameters": {
             "full_attention": full,
             "sliding_attention": {"rope_type": "default", "rope_theta": float(local)},
@@ -248,6 +248,18 @@ def _gemma4_fields(c, types):
         "moe_intermediate_size": c["expert_intermediate_dim"] if experts else None,
         "use_bidirectional_attention": None,
     }
+
+
+def _whole(value):
+    """An int for a whole number (transformers' typed configs refuse 256.0
+    where they declare an int), else the value."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _float(value):
+    return None if value is None else float(value)
 
 
 def check_expressible(config, hf_config):
