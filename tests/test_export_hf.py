@@ -354,6 +354,9 @@ def test_non_empty_destination_needs_overwrite(tmp_path):
     assert os.listdir(target) == ["old.txt"]
     model.export_to_huggingface(target, overwrite=True)
     assert "old.txt" not in os.listdir(target) and (target / "config.json").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == 0o777 & ~umask  # not mkdtemp's 0o700
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
@@ -475,3 +478,33 @@ def test_bfloat16_model_is_written_as_bfloat16(tmp_path):
     for ours, theirs in zip(model.backbone.weights, back.weights):
         np.testing.assert_array_equal(to_numpy(ours.value).astype("float32"),
                                       to_numpy(theirs.value).astype("float32"))
+
+
+@pytest.mark.slow
+def test_real_gemma3_270m_export(tmp_path):
+    """The shipped gemma3_270m, exported and loaded by transformers (about a
+    minute and 4 GB)."""
+    if not have_transformers:
+        pytest.skip("transformers is not installed")
+    model = keras_gemma.GemmaCausalLM.from_preset("gemma3_270m", dtype="float32")
+    folder = model.export_to_huggingface(tmp_path / "gemma3_270m")
+    request = {"folders": [folder], "token_ids": TOKEN_IDS.tolist(),
+               "padding_mask": PADDING_MASK.tolist(), "prompt": PROMPT,
+               "max_new_tokens": NEW_TOKENS, "texts": TEXTS,
+               "conversations": CONVERSATIONS}
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    subprocess.run([sys.executable, str(TESTS_DIR / "hf_export_oracle.py"),
+                    str(tmp_path / "request.json"), str(tmp_path / "result.json")],
+                   check=True, timeout=900,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    result = json.loads((tmp_path / "result.json").read_text())[folder]
+    assert "error" not in result, result["error"]
+    ours, argmax = logits_and_argmax_after(model, result["greedy"])
+    theirs = np.asarray(result["logits"], dtype="float32")
+    error = np.abs(theirs[PADDING_MASK] - ours[PADDING_MASK]).max()
+    print(f"gemma3_270m: largest logit difference {error:.2e}")
+    assert error < 1e-3
+    assert argmax == result["greedy"]
+    tokenizer = model.preprocessor.tokenizer
+    for text, ids in zip(TEXTS, result["ids"]):
+        assert ids == [int(i) for i in tokenizer.tokenize(text)], text

@@ -32,6 +32,8 @@ def staged_directory(destination, overwrite=False):
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        # mkdtemp makes it private; it becomes the user's folder.
+        os.chmod(staging, 0o777 & ~_umask())
         yield staging
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
@@ -60,11 +62,18 @@ def staged_file(destination, overwrite=False):
     handle, staging = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(handle)
     try:
+        os.chmod(staging, 0o666 & ~_umask())  # mkstemp makes it private
         yield Path(staging)
         os.replace(staging, target)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def refuse_int8(backbone, format_name, alternative):

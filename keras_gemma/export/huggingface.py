@@ -25,6 +25,7 @@ transformers equivalent: an int8 model is refused.
 """
 
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -107,7 +108,7 @@ def export_huggingface(model, destination, quantization=None, overwrite=False,
             )
         with files.staged_directory(destination, overwrite) as staging:
             peft.save_peft_adapter(backbone, staging)
-        return str(files.check_destination(destination, True).resolve())
+        return str(Path(destination).resolve())
 
     tokenizer = getattr(model.preprocessor, "tokenizer", None)
     if tokenizer is None:
@@ -129,7 +130,7 @@ def export_huggingface(model, destination, quantization=None, overwrite=False,
         files.write_json(staging / "config.json", hf_config)
         hf_tokenizer.write_tokenizer_files(
             staging, tokenizer, model_max_length=hf_config["max_position_embeddings"])
-    return str(files.check_destination(destination, True).resolve())
+    return str(Path(destination).resolve())
 
 
 def family_of(config):
