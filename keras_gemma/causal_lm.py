@@ -626,6 +626,17 @@ class GemmaCausalLM(keras.Model):
             preset_dir, backbone=self.backbone, preprocessor=self.preprocessor
         )
 
+    def export_to_huggingface(self, path, overwrite=False, adapter_only=False):
+        """Writes a Hugging Face folder ``transformers`` loads (LoRA merged,
+        or with ``adapter_only=True`` only the adapter, as a peft folder);
+        see ``keras_gemma.export.huggingface``. Returns the folder's path."""
+        from keras_gemma.export.huggingface import export_huggingface
+
+        return export_huggingface(self, path, overwrite=overwrite, adapter_only=adapter_only)
+
+    # keras-hub's name for it.
+    export_to_transformers = export_to_huggingface
+
     # -- Keras serialization (model.save / keras.models.load_model) ---------
 
     def get_config(self):

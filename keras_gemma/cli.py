@@ -351,6 +351,36 @@ def _parser():
                           help="a LoRA adapter (.lora.h5) to apply first")
     evaluate.add_argument("--out", metavar="FILE", help="write results and answers as JSON")
 
+    export = command(
+        "export", "write a model out as a Hugging Face folder, GGUF, SavedModel or torch.export",
+        "Export a model (SRC: anything --preset takes: a preset name, preset "
+        "directory, Hugging Face folder or .gguf file), with a LoRA adapter "
+        "merged in if --adapter is given, to DST: a Hugging Face folder "
+        "(hf: transformers, vLLM), a GGUF file (gguf: llama.cpp, ollama), a "
+        "TensorFlow SavedModel (saved_model: TF Serving, Vertex AI) or a "
+        "torch.export program (torch_export). The destination is written "
+        "atomically and checked before the model loads.",
+        "quantizations: hf: f32, f16, bf16 (default: the model's dtype); "
+        "gguf: f32, f16, bf16, q8_0.\n\n" + _export_examples(),
+    )
+    export.add_argument("source", metavar="SRC", help="preset name, preset directory, "
+                        "Hugging Face folder or .gguf file")
+    export.add_argument("destination", metavar="DST",
+                        help="directory to write (gguf, torch_export: the file path)")
+    export.add_argument("--format", required=True,
+                        help="hf, gguf, saved_model or torch_export")
+    export.add_argument("--quantization", metavar="Q", default=None,
+                        help="stored number format: f32, f16, bf16, q8_0 (gguf)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an existing non-empty destination")
+    export.add_argument("--adapter", metavar="FILE",
+                        help="a LoRA adapter (.lora.h5) to merge in first")
+    export.add_argument("--adapter-only", action="store_true",
+                        help="hf: write only the --adapter, as a peft adapter folder")
+    export.add_argument("--backend", choices=BACKENDS, help="Keras backend to use")
+    export.add_argument("--dtype", choices=DTYPES,
+                        help="dtype policy to load the weights in (default: the preset's)")
+
     presets = command(
         "presets", "list the known presets",
         "List the known presets: family, size, whether instruction-tuned, and "
@@ -380,7 +410,7 @@ def main(argv=None):
     run = {
         "generate": _generate, "chat": _chat, "convert": _convert,
         "finetune": _finetune, "presets": _presets, "serve": _serve,
-        "classify": _classify, "eval": _eval,
+        "classify": _classify, "eval": _eval, "export": _export,
     }[args.command]
     try:
         return run(args)
@@ -517,6 +547,26 @@ def _eval(args):
     from keras_gemma.evaluation import command as eval_command
 
     return eval_command.run(args, lambda args: _load_model(args, sampler=False))
+
+
+# -- export ---------------------------------------------------------------------
+
+
+def _export_examples():
+    from keras_gemma.export.command import EXAMPLES
+
+    return EXAMPLES
+
+
+def _export(args):
+    from keras_gemma.export import command as export_command
+
+    args.preset, args.quantize = args.source, None
+    try:
+        return export_command.run(args, lambda args: _load_model(args, sampler=False),
+                                  notice=_notice)
+    except export_command.ExportError as error:
+        raise CliError(str(error)) from None
 
 
 # -- generate -------------------------------------------------------------------

@@ -61,7 +61,9 @@ _ENTRY_POINT = (
 _NO_TASK_WEIGHTS = "a Gemma causal LM has no task weights apart from the backbone's (tied embedding)"
 ACKNOWLEDGED_MEMBERS = {
     "presets": _PRESET_REGISTRY,
-    "export_to_transformers": "no transformers export; LoRA adapters: backbone.save_peft_adapter",
+    "export_to_transformers": (
+        "on the model only (a whole Hugging Face folder); LoRA adapters: "
+        "backbone.save_peft_adapter"),
     "backbone_cls": "one class per concept: no class-to-class registry",
     "preprocessor_cls": "one class per concept: no class-to-class registry",
     "tokenizer_cls": "one class per concept: no class-to-class registry",

@@ -73,7 +73,7 @@ def config_from_hf(hf, path="config.json"):
     except KeyError as error:
         raise ValueError(f"{path}: missing the key {error}.") from None
     if model_type == "gemma":
-        config["rope_max_wavelength"] = float(hf.get("rope_theta", 10_000.0))
+        config["rope_max_wavelength"] = _rope_theta(hf)
         return config
     if model_type == "gemma4_text":
         config.update(_gemma4_config(hf, path))
@@ -214,10 +214,19 @@ def _sliding_window_pattern(hf, model_type, path):
     return 2 if model_type == "gemma2" else 6
 
 
+def _rope_theta(hf):
+    """Gemma 1 and 2's one RoPE base: transformers 4 wrote ``rope_theta``,
+    transformers 5 writes ``rope_parameters: {"rope_theta": ...}``."""
+    parameters = hf.get("rope_parameters")
+    if "rope_theta" not in hf and isinstance(parameters, dict):
+        return float(parameters.get("rope_theta", 10_000.0))
+    return float(hf.get("rope_theta", 10_000.0))
+
+
 def _rope(hf, model_type):
     if model_type == "gemma2":
-        return {"rope_max_wavelength": float(hf.get("rope_theta", 10_000.0)),
-                "local_rope_max_wavelength": float(hf.get("rope_theta", 10_000.0))}
+        return {"rope_max_wavelength": _rope_theta(hf),
+                "local_rope_max_wavelength": _rope_theta(hf)}
     parameters = hf.get("rope_parameters")
     if isinstance(parameters, dict) and "full_attention" in parameters:
         full = parameters["full_attention"]
@@ -522,3 +531,112 @@ def tokenizer_file(folder):
         f"{folder}: the tokenizer file tokenizer.model is missing (expected at "
         f"{model})."
     )
+
+
+# -- writing: the same name tables, read backwards ---------------------------------
+
+_INVERSE_LAYER_NAMES = {ours: hf for hf, ours in _LAYER_NAMES.items()}
+_INVERSE_GEMMA4_LAYER_NAMES = {ours: hf for hf, ours in _GEMMA4_LAYER_NAMES.items()}
+_INVERSE_GEMMA4_TOP_NAMES = {ours: hf for hf, ours in _GEMMA4_TOP_NAMES.items()}
+_OUR_LAYER_PATH = re.compile(r"^decoder_block_(\d+)/(.+)$")
+
+
+def hf_name(path, config):
+    """The transformers ``*ForCausalLM`` tensor name of our variable ``path``
+    (the inverse of ``our_name`` / ``gemma4_name``, from the same tables).
+
+    Gemma 4's expert ``gate`` and ``up`` kernels share one tensor
+    (``experts.gate_up_proj``); both map to it (``hf_tensors`` joins them).
+    """
+    gemma4 = _is_gemma4(config)
+    if path == "token_embedding/embeddings":
+        return "model.embed_tokens.weight"
+    if path == "final_norm/scale":
+        return "model.norm.weight"
+    if gemma4 and path in _INVERSE_GEMMA4_TOP_NAMES:
+        return "model." + _INVERSE_GEMMA4_TOP_NAMES[path]
+    match = _OUR_LAYER_PATH.match(path)
+    if not match:
+        raise ValueError(f"No Hugging Face name for the weight '{path}'.")
+    index, rest = match.groups()
+    if gemma4:
+        if rest in ("experts/gate/kernel", "experts/up/kernel"):
+            rest = "experts/gate_up"
+        hf = _INVERSE_GEMMA4_LAYER_NAMES.get(rest)
+    elif rest == "post_attention_norm/scale":
+        hf = "post_attention_layernorm.weight"
+    elif rest == "pre_feedforward_norm/scale" and not config.get("use_post_attention_norm"):
+        hf = "post_attention_layernorm.weight"  # Gemma 1's name for it
+    else:
+        hf = _INVERSE_LAYER_NAMES.get(rest)
+    if hf is None:
+        raise ValueError(f"No Hugging Face name for the weight '{path}'.")
+    return f"model.layers.{index}.{hf}"
+
+
+def hf_tensors(weights, config):
+    """Yields (transformers name, array in transformers' layout) for our
+    ``weights`` ({path: array}), the inverse of ``read_weights``."""
+    gemma4 = _is_gemma4(config)
+    written = set()
+    for path in weights:
+        name = hf_name(path, config)
+        array = weights[path]
+        if not gemma4:
+            yield name, array.T if path.endswith("/kernel") else array
+        elif path.endswith(("experts/gate/kernel", "experts/up/kernel")):
+            # One tensor for both, at the first of the two (names come in
+            # the order of ``weights``).
+            if name in written:
+                continue
+            written.add(name)
+            block = path.rsplit("/", 2)[0]
+            gate, up = weights[block + "/gate/kernel"], weights[block + "/up/kernel"]
+            # (experts, hidden, width) each -> (experts, 2 * width, hidden).
+            yield name, np.concatenate(
+                [gate.transpose(0, 2, 1), up.transpose(0, 2, 1)], axis=1)
+        elif path.endswith("experts/down/kernel"):
+            yield name, array.transpose(0, 2, 1)
+        elif path.endswith("layer_scalar"):
+            yield name, array.reshape((1,))
+        elif path.endswith("/kernel"):
+            yield name, array.T
+        else:
+            yield name, array
+
+
+_SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Writes ``tensors`` ({name: numpy array of float32, float16 or
+    ml_dtypes bfloat16}) to a safetensors file, one tensor at a time, keys
+    in the given order; the file is fsynced."""
+    header = {"__metadata__": dict(metadata or {"format": "pt"})}
+    position = 0
+    for name, array in tensors.items():
+        dtype = _SAFETENSORS_DTYPES.get(np.dtype(array.dtype).name)
+        if dtype is None:
+            raise TypeError(f"Cannot write tensor '{name}' of dtype {array.dtype} "
+                            "to safetensors (float32, float16, bfloat16 only).")
+        size = int(array.nbytes)
+        header[name] = {"dtype": dtype, "shape": list(array.shape),
+                        "data_offsets": [position, position + size]}
+        position += size
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # aligns the data to 8 bytes
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for array in tensors.values():
+            f.write(_little_endian_bytes(array))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _little_endian_bytes(array):
+    """C-order little-endian bytes (bfloat16 through its uint16 bits)."""
+    array = np.ascontiguousarray(array)
+    if np.dtype(array.dtype).name == "bfloat16":
+        return array.view("uint16").astype("<u2", copy=False).tobytes()
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()

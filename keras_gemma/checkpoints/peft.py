@@ -18,7 +18,6 @@ import math
 import os
 import re
 import shutil
-import struct
 import tempfile
 
 import numpy as np
@@ -26,6 +25,7 @@ from keras import ops
 
 from keras_gemma import lora
 from keras_gemma.checkpoints.huggingface import _to_array, read_safetensors_header
+from keras_gemma.checkpoints.huggingface import write_safetensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -342,21 +342,5 @@ def _check_against_model(backbone, tensors, targets, rank, path):
 
 def _write_safetensors(path, tensors):
     """float32 tensors -> a safetensors file (keys sorted)."""
-    header = {"__metadata__": {"format": "pt"}}
-    chunks, position = [], 0
-    for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name], dtype="<f4")
-        raw = array.tobytes()
-        header[name] = {"dtype": "F32", "shape": list(array.shape),
-                        "data_offsets": [position, position + len(raw)]}
-        chunks.append(raw)
-        position += len(raw)
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)  # aligns the data to 8 bytes
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
-        for raw in chunks:
-            f.write(raw)
-        f.flush()
-        os.fsync(f.fileno())
+    write_safetensors(path, {name: np.asarray(tensors[name], dtype="float32")
+                             for name in sorted(tensors)})

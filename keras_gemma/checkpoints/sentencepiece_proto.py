@@ -1,4 +1,4 @@
-"""A small writer for SentencePiece's ``ModelProto``, without ``protobuf``.
+"""A small writer (and reader) for SentencePiece's ``ModelProto``, without ``protobuf``.
 
 SentencePiece loads a model from the serialized bytes of a protocol buffer
 (``sentencepiece_model.proto``). Checkpoint formats that carry the vocabulary
@@ -207,3 +207,69 @@ def _varint(value):
         else:
             out.append(low)
             return bytes(out)
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+def read_model(data):
+    """(pieces, trainer spec, normalizer spec) of serialized ``ModelProto``
+    bytes: pieces as ``(piece, score, type)``, the specs as {field name:
+    value} for their varint fields (ints; bools as 0/1) and the normalizer's
+    ``name``."""
+    pieces, trainer_spec, normalizer_spec = [], {}, {}
+    varint_names = {number: name for name, (number, kind) in TRAINER_SPEC_FIELDS.items()
+                    if kind in ("int32", "enum", "bool")}
+    for number, value in _fields(data):
+        if number == 3:
+            for field, field_value in _fields(value):
+                if field == 1:
+                    normalizer_spec["name"] = field_value.decode("utf-8")
+                elif field in (3, 4, 5) and isinstance(field_value, int):
+                    normalizer_spec[("add_dummy_prefix", "remove_extra_whitespaces",
+                                     "escape_whitespaces")[field - 3]] = field_value
+        if number == 1:
+            entry = {1: b"", 2: 0.0, 3: NORMAL}
+            for field, field_value in _fields(value):
+                entry[field] = field_value
+            piece = entry[1].decode("utf-8")
+            score = struct.unpack("<f", entry[2])[0] if isinstance(entry[2], bytes) else 0.0
+            pieces.append((piece, score, entry[3]))
+        elif number == 2:
+            for field, field_value in _fields(value):
+                if field in varint_names and isinstance(field_value, int):
+                    if field_value >= 1 << 63:  # a negative int32
+                        field_value -= 1 << 64
+                    trainer_spec[varint_names[field]] = field_value
+    return pieces, trainer_spec, normalizer_spec
+
+
+def _fields(data):
+    """(field number, value) of a message: ints for varints, bytes otherwise."""
+    position, end = 0, len(data)
+    while position < end:
+        key, position = _read_varint(data, position)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == _VARINT:
+            value, position = _read_varint(data, position)
+        elif wire_type == _LENGTH_DELIMITED:
+            length, position = _read_varint(data, position)
+            value, position = data[position:position + length], position + length
+        elif wire_type == _FIXED32:
+            value, position = data[position:position + 4], position + 4
+        elif wire_type == 1:  # 64-bit
+            value, position = data[position:position + 8], position + 8
+        else:
+            raise ValueError(f"Unsupported protocol buffer wire type {wire_type}.")
+        yield number, value
+
+
+def _read_varint(data, position):
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7

@@ -329,3 +329,75 @@ def _first_merge_ranks(merges, source):
             raise ValueError(f"{source}: merge {rank} ({merge!r:.60}) is not a pair.")
         ranks.setdefault(left + right, rank)
     return ranks
+
+
+# -- writing: a SentencePiece BPE model as the same pipeline ------------------------
+
+
+def tokenizer_json_from_proto(proto):
+    """The ``tokenizer.json`` dict (the pipeline above) for a SentencePiece
+    model, or None if it is not one this pipeline expresses (a BPE model
+    with byte fallback, no dummy prefix, no whitespace squeezing).
+
+    The inverse of ``tokenizer_proto``: CONTROL, UNKNOWN and USER_DEFINED
+    pieces become added tokens; each NORMAL piece longer than one character
+    becomes the result of every merge of two pieces that spell it, ranked
+    by its score (what SentencePiece's BPE merges by), then by its id.
+    """
+    pieces, trainer, normalizer = spm.read_model(proto)
+    if (trainer.get("model_type") != spm.BPE or not trainer.get("byte_fallback")
+            or normalizer.get("add_dummy_prefix", 1) or normalizer.get(
+                "remove_extra_whitespaces", 1)
+            or normalizer.get("name", "identity") != "identity"):
+        return None
+    vocab, added, ranked = {}, [], []
+    for index, (piece, score, kind) in enumerate(pieces):
+        if kind in (spm.CONTROL, spm.UNKNOWN, spm.USER_DEFINED):
+            # SentencePiece matched user-defined pieces after " " became "▁".
+            content = piece.replace(_SPACE, " ") if kind == spm.USER_DEFINED else piece
+            added.append({"id": index, "content": content, "single_word": False,
+                          "lstrip": False, "rstrip": False, "normalized": False,
+                          "special": True})
+            vocab[content] = index
+            continue
+        vocab[piece] = index
+        if kind == spm.NORMAL and len(piece) > 1:
+            ranked.append((-score, index, piece))
+    mergeable = {piece for _, _, piece in ranked} | {
+        piece for piece, _, kind in pieces if kind == spm.NORMAL and len(piece) == 1}
+    merges = []
+    for _, _, piece in sorted(ranked):
+        for split in range(1, len(piece)):
+            left, right = piece[:split], piece[split:]
+            if left in mergeable and right in mergeable:
+                merges.append([left, right])
+    unk = trainer.get("unk_id", 0)
+    bos = pieces[trainer.get("bos_id", 2)][0]
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": _SPACE},
+        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "},
+                          "behavior": "MergedWithPrevious", "invert": False},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                     {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}},
+                     {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [vocab[bos]], "tokens": [bos]}},
+        },
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": _SPACE}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+        ]},
+        "model": {"type": "BPE", "dropout": None, "unk_token": pieces[unk][0],
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                  "vocab": vocab, "merges": merges},
+    }

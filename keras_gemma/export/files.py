@@ -1,13 +1,13 @@
 """Atomic writing and the weights every exporter starts from."""
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from keras import ops
 
 
 def check_destination(destination, overwrite):
@@ -32,6 +32,8 @@ def staged_directory(destination, overwrite=False):
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        # mkdtemp makes it private; it becomes the user's folder.
+        os.chmod(staging, 0o777 & ~_umask())
         yield staging
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
@@ -60,11 +62,18 @@ def staged_file(destination, overwrite=False):
     handle, staging = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(handle)
     try:
+        os.chmod(staging, 0o666 & ~_umask())  # mkstemp makes it private
         yield Path(staging)
         os.replace(staging, target)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def refuse_int8(backbone, format_name, alternative):
@@ -83,6 +92,8 @@ def float_weights(backbone):
     ``decoder_block_0/attention/query/kernel`` (the backbone name prefix
     removed), the names every checkpoint mapping in ``checkpoints/`` uses.
     """
+    from keras import ops  # here, so checking a destination needs no Keras
+
     from keras_gemma.lora import base_weights
 
     prefix = backbone.name + "/"
@@ -91,3 +102,10 @@ def float_weights(backbone):
         name = path[len(prefix):] if path.startswith(prefix) else path
         weights[name] = np.asarray(ops.convert_to_numpy(value))
     return weights
+
+
+def write_json(path, data):
+    """``data`` as indented UTF-8 JSON (non-ASCII kept), newline-terminated."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
