@@ -318,22 +318,20 @@ def run_child(spec, backend, timeout):
 
 
 def plan_runs(args):
-    """(shape, library, backend, dtype), the most telling rows first."""
-    runs = []
+    """(shape, library, backend, dtype): every shape on the first backend
+    (with transformers, and int8 for e2b) first, then e2b's other backends."""
+    first, rest = [], []
     for shape in args.shapes:
         moe = shape.startswith("moe")
-        backends = ["jax"] if moe and not args.quick else args.backends
-        if moe and args.quick:
-            backends = args.backends[:1]
-        for backend in backends:
+        for i, backend in enumerate(args.backends[:1] if moe else args.backends):
             for library in ("keras_gemma", "keras_hub"):
                 if library in args.libraries:
-                    runs.append((shape, library, backend, "float32"))
+                    (rest if i else first).append((shape, library, backend, "float32"))
         if "transformers" in args.libraries:
-            runs.append((shape, "transformers", "torch", "float32"))
-        if not moe and args.int8 and "keras_gemma" in args.libraries and "jax" in backends:
-            runs.append((shape, "keras_gemma", "jax", "int8"))
-    return runs
+            first.append((shape, "transformers", "torch", "float32"))
+        if not moe and args.int8 and "keras_gemma" in args.libraries and "jax" in args.backends:
+            first.append((shape, "keras_gemma", "jax", "int8"))
+    return first + rest
 
 
 def analyse(report):
@@ -452,6 +450,9 @@ def parse_args(argv):
     p.add_argument("--timeout", type=int, default=None,
                    help="seconds per measurement (default 600, 240 with --quick)")
     p.add_argument("--timeout-prepare", type=int, default=900)
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="start no measurement after this many minutes (later ones are "
+                   "recorded as skipped)")
     p.add_argument("--markdown", metavar="JSON", help="print a results file as Markdown")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -501,9 +502,14 @@ def main(argv=None):
         spec = {"task": "measure", "shape": shape, "library": library, "backend": backend,
                 "dtype": dtype, "sizes": sizes, "short": info["short"],
                 "hf_dir": info["hf_dir"], "keras_hub_preset": info["keras_hub_preset"]}
-        base.log(f"running {shape} / {library} / {backend} / {dtype} (load average "
-                 f"{load_average()[0]:.1f}) ...")
-        result = run_child(spec, backend, args.timeout)
+        minutes = (datetime.datetime.now() - started).total_seconds() / 60
+        if args.budget_minutes is not None and minutes > args.budget_minutes:
+            result = {"status": "skipped",
+                      "error": f"not started: the {args.budget_minutes:g}-minute budget was spent"}
+        else:
+            base.log(f"running {shape} / {library} / {backend} / {dtype} (load average "
+                     f"{load_average()[0]:.1f}) ...")
+            result = run_child(spec, backend, args.timeout)
         result.update(shape=shape, library=library, backend=backend, dtype=dtype,
                       sizes_new=sizes["new"], load_average=load_average())
         if result.get("status") == "ok":
@@ -516,6 +522,7 @@ def main(argv=None):
         analyse(report)
         report["table"] = table(report)
         out.write_text(json.dumps(report, indent=1))
+    analyse(report)
     report["load_average_end"] = load_average()
     end = base.measure_bandwidth()
     report["bandwidth_bytes_per_s_end"] = end
