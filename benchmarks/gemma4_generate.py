@@ -286,10 +286,51 @@ def child_measure(spec):
     return result
 
 
+def child_expert_steps(spec):
+    """keras_gemma's decode step time (JAX) of every expert shape, in one
+    process, interleaved, best of ``rounds``: on a shared machine the load
+    changes between subprocesses, so the scaling is read from this, not from
+    the rows. A step is (time of ``new`` tokens - time of 1 token) / (new - 1),
+    so the prompt's prefill is left out."""
+    import keras_gemma
+
+    sizes, new = spec["sizes"], spec["sizes"]["new"]
+    short = np.asarray(spec["short"], "int32")[:, : sizes["prompt"]]
+    models = {}
+    for shape, folder in spec["folders"].items():
+        model = keras_gemma.GemmaCausalLM(keras_gemma.GemmaBackbone.from_preset(folder),
+                                          preprocessor=None)
+        model.compile(sampler="greedy")
+        models[shape] = model
+    times = {}
+    for _ in range(spec["rounds"]):
+        for shape, model in models.items():
+            for batch in (1, sizes["batch"]):
+                ids = short[:batch]
+                inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}
+                for tokens in (1, new):
+                    model.generate(inputs, max_length=ids.shape[1] + tokens,
+                                   stop_token_ids=None)  # compiled after the first round
+                    t = time.perf_counter()
+                    model.generate(inputs, max_length=ids.shape[1] + tokens, stop_token_ids=None)
+                    key = f"{shape}/{batch}/{tokens}"
+                    times[key] = min(times.get(key, float("inf")), time.perf_counter() - t)
+    rows = []
+    for shape in models:
+        for batch in (1, sizes["batch"]):
+            step = (times[f"{shape}/{batch}/{new}"] - times[f"{shape}/{batch}/1"]) / (new - 1)
+            rows.append({"shape": shape, "batch": batch, "step_ms": 1000 * step,
+                         "prefill_and_one_token_s": times[f"{shape}/{batch}/1"]})
+    return {"status": "ok", "rounds": spec["rounds"], "rows": rows,
+            "peak_rss": base.peak_rss_bytes()}
+
+
 def child_main(spec_json):
     spec = json.loads(spec_json)
     try:
-        result = child_prepare(spec) if spec["task"] == "prepare" else child_measure(spec)
+        task = {"prepare": child_prepare, "measure": child_measure,
+                "expert_steps": child_expert_steps}[spec["task"]]
+        result = task(spec)
     except Exception:
         result = {"status": "error", "error": traceback.format_exc()[-3000:]}
     print(MARK + json.dumps(result), flush=True)
@@ -423,6 +464,19 @@ def markdown(report):
                          base.fmt(m["step_ms_b1"]), base.fmt(m["step_ms_bN"]),
                          base.fmt(m.get("vs_128_8_b1"), 2), base.fmt(m.get("vs_128_8_bN"), 2)])
         lines += [""] + md(rows)
+    steps = report.get("expert_steps") or {}
+    if steps.get("rows"):
+        by = {(r["shape"], r["batch"]): r["step_ms"] for r in steps["rows"]}
+        rows = [["keras_gemma/jax, one process, best of " + str(steps["rounds"]),
+                 "batch", "ms per decode step", "vs 8 of 128"]]
+        for (shape, batch), ms in by.items():
+            _, n, k = shape.split("_")
+            ref = by.get(("moe_128_8", batch))
+            rows.append([f"{k} of {n} experts", batch, base.fmt(ms),
+                         base.fmt(ms / ref, 2) if ref else "-"])
+        lines += [""] + md(rows)
+    elif steps:
+        lines += ["", f"expert steps: {steps.get('status')}: {str(steps.get('error'))[-300:]}"]
     return "\n".join(lines)
 
 
@@ -442,6 +496,9 @@ def parse_args(argv):
                    help="backends of the e2b rows (expert shapes: JAX, or the first with --quick)")
     p.add_argument("--no-int8", dest="int8", action="store_false",
                    help="skip keras_gemma int8 on JAX for e2b")
+    p.add_argument("--no-expert-steps", dest="expert_steps", action="store_false",
+                   help="skip the interleaved keras_gemma step timing of the expert shapes")
+    p.add_argument("--expert-rounds", type=int, default=3)
     p.add_argument("--quick", action="store_true",
                    help="small widths, 8 new tokens, batch 4, JAX only, two shapes, "
                    "no int8 (smoke check)")
@@ -522,6 +579,15 @@ def main(argv=None):
         analyse(report)
         report["table"] = table(report)
         out.write_text(json.dumps(report, indent=1))
+    moe = [shape for shape in args.shapes if shape.startswith("moe")]
+    if args.expert_steps and len(moe) > 1 and "keras_gemma" in args.libraries:
+        base.log(f"keras_gemma decode steps of {', '.join(moe)}, interleaved, best of "
+                 f"{args.expert_rounds} (load average {load_average()[0]:.1f}) ...")
+        spec = {"task": "expert_steps", "sizes": sizes, "rounds": args.expert_rounds,
+                "short": shared[moe[0]]["short"],
+                "folders": {shape: shared[shape]["hf_dir"] for shape in moe}}
+        report["expert_steps"] = dict(run_child(spec, "jax", args.timeout),
+                                      load_average=load_average())
     analyse(report)
     report["load_average_end"] = load_average()
     end = base.measure_bandwidth()
