@@ -762,6 +762,9 @@ def parse_args(argv):
     p.add_argument("--timeout-prepare", type=int, default=1200)
     p.add_argument("--markdown", metavar="JSON",
                    help="print the tables of a results file as Markdown and exit")
+    p.add_argument("--gemma4", action="store_true",
+                   help="run the Gemma 4 row set instead (benchmarks/gemma4_generate.py; "
+                   "its own flags, see --gemma4 --help)")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._child is not None:
@@ -781,7 +784,12 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if "--gemma4" in argv:  # the Gemma 4 row set: benchmarks/gemma4_generate.py
+        import gemma4_generate
+
+        return gemma4_generate.main([a for a in argv if a != "--gemma4"])
+    args = parse_args(argv)
     if args._child is not None:
         return child_main(args._child)
     if args.markdown:
