@@ -10,25 +10,21 @@ The export traces with TensorFlow, so it runs on that backend only; on the
 others the one test here is the error telling the user what to do.
 """
 
+import keras
 import numpy as np
 import pytest
-from conftest import TESTS_DIR, VOCABULARY_PATH, to_numpy
+from export_models import (GEMMA4, ORACLE_LOGITS, int8_and_lora_models, oracle_models,
+                           our_logits, small_lm)
 from isolated_process import run_isolated
-from tiny_models import PADDING_MASK, TINY_CONFIGS, TOKEN_IDS, random_weights
-from tiny_preset import CONFIG as TWO_LAYERS  # Gemma 3: one local, one global layer
+from tiny_models import PADDING_MASK, TOKEN_IDS
 
-import keras
-import keras_gemma
-from keras_gemma.checkpoints import assign_weights
 from keras_gemma.export.saved_model import export_saved_model
 
 on_tensorflow = pytest.mark.skipif(
     keras.config.backend() != "tensorflow",
     reason="the SavedModel export traces with TensorFlow (KERAS_BACKEND=tensorflow)",
 )
-DATA = TESTS_DIR / "data"
 NEW_TOKENS = 8
-GEMMA4 = np.load(DATA / "hf_gemma4_oracle.npz")
 # A token the Gemma 4 model generates for the second prompt only (its 6th
 # new token, see the oracle), so that row stops early and the other runs on.
 GEMMA4_STOP = int(GEMMA4["ple_greedy"][1, 5])
@@ -37,7 +33,7 @@ _LOAD_AND_RUN = """
 import numpy as np, tensorflow as tf
 inputs = np.load("inputs.npz")
 outputs = {}
-for name in sys.argv[1:] or NAMES:
+for name in NAMES:
     served = tf.saved_model.load(name)
     logits = served.signatures["serving_default"](
         token_ids=tf.constant(inputs["token_ids"]), padding_mask=tf.constant(inputs["padding_mask"]))
@@ -58,35 +54,16 @@ def prompts():
     return np.pad(TOKEN_IDS, pad), np.pad(PADDING_MASK, pad)
 
 
-def gemma3_lm(config=TINY_CONFIGS["gemma3"]):
-    backbone = keras_gemma.GemmaBackbone(**config)
-    assign_weights(backbone, random_weights(config), "tiny")
-    return causal_lm(backbone)
-
-
-def gemma4_lm():
-    return causal_lm(keras_gemma.GemmaBackbone.from_preset(str(DATA / "hf_tiny_gemma4_ple")))
-
-
-def causal_lm(backbone):
-    tokenizer = keras_gemma.GemmaTokenizer(str(VOCABULARY_PATH))
-    return keras_gemma.GemmaCausalLM(
-        backbone, keras_gemma.GemmaCausalLMPreprocessor(tokenizer, sequence_length=32)
-    )
-
-
-def our_logits(lm, token_ids=TOKEN_IDS, padding_mask=PADDING_MASK):
-    return to_numpy(lm({"token_ids": token_ids, "padding_mask": padding_mask}))
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Both tiny models, exported, then run in one fresh TensorFlow-only
-    process: {name: (model, outputs of that process)}."""
+    process: {name: (model, stop ids, that process's outputs)}."""
     folder = tmp_path_factory.mktemp("saved_models")
-    models = {"gemma3": (gemma3_lm(), "auto"), "gemma4": (gemma4_lm(), [GEMMA4_STOP])}
-    for name, (lm, stop_ids) in models.items():
-        assert export_saved_model(lm, folder / name, stop_token_ids=stop_ids) == str(folder / name)
+    stop_ids = {"gemma3": "auto", "gemma4": [GEMMA4_STOP]}
+    models = oracle_models()
+    for name, lm in models.items():
+        path = export_saved_model(lm, folder / name, stop_token_ids=stop_ids[name])
+        assert path == str(folder / name)
     prompt_ids, prompt_mask = prompts()
     np.savez(
         folder / "inputs.npz", token_ids=TOKEN_IDS, padding_mask=PADDING_MASK.astype("int32"),
@@ -95,8 +72,9 @@ def exported(tmp_path_factory):
     run_isolated(f"NAMES = {list(models)!r}\n" + _LOAD_AND_RUN, cwd=folder)
     outputs = np.load(folder / "outputs.npz")
     return {
-        name: (lm, stop_ids, {k.split("/")[1]: outputs[k] for k in outputs if k.startswith(name + "/")})
-        for name, (lm, stop_ids) in models.items()
+        name: (lm, stop_ids[name],
+               {k.split("/")[1]: outputs[k] for k in outputs if k.startswith(name + "/")})
+        for name, lm in models.items()
     }
 
 
@@ -105,14 +83,14 @@ def exported(tmp_path_factory):
 def test_logits_equal_ours_and_transformers(name, exported):
     lm, _, outputs = exported[name]
     assert list(outputs["dtypes"]) == ["float32", "int32", "int32"]
-    oracle = (np.load(DATA / "hf_oracle.npz")["gemma3"] if name == "gemma3"
-              else GEMMA4["ple_logits"])
     logits = outputs["logits"]
     assert logits.shape == (2, 12, 640)
     # Graph and eager TensorFlow order float sums differently: ~3e-5 apart
     # after Gemma 4's 10 layers.
     np.testing.assert_allclose(logits, our_logits(lm), atol=1e-4, rtol=0)
-    np.testing.assert_allclose(logits[PADDING_MASK], oracle[PADDING_MASK], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        logits[PADDING_MASK], ORACLE_LOGITS[name][PADDING_MASK], atol=1e-4, rtol=0
+    )
 
 
 @on_tensorflow
@@ -140,31 +118,26 @@ def test_generate_signature_equals_generate(name, exported):
 def test_int8_and_lora_models_export_as_they_compute(tmp_path):
     import tensorflow as tf
 
-    quantized = gemma3_lm(TWO_LAYERS)
-    quantized.quantize("int8")
-    adapted = gemma3_lm(TWO_LAYERS)
-    base = our_logits(adapted)
-    adapted.backbone.enable_lora(4, target=("query", "value", "down"))
-    rng = np.random.default_rng(0)
-    for variable in adapted.backbone.trainable_weights:
-        variable.assign(rng.standard_normal(variable.shape).astype("float32") * 0.2)
-    inputs = dict(token_ids=tf.constant(TOKEN_IDS), padding_mask=tf.constant(PADDING_MASK.astype("int32")))
-    for name, lm in [("int8", quantized), ("lora", adapted)]:
+    models, float_logits = int8_and_lora_models()
+    inputs = dict(token_ids=tf.constant(TOKEN_IDS),
+                  padding_mask=tf.constant(PADDING_MASK.astype("int32")))
+    dtypes = {}
+    for name, lm in models.items():
         export_saved_model(lm, tmp_path / name)
         served = tf.saved_model.load(str(tmp_path / name))
         logits = served.signatures["serving_default"](**inputs)["logits"].numpy()
         np.testing.assert_allclose(logits, our_logits(lm), atol=1e-5, rtol=1e-5)
-        assert np.abs(logits - base)[PADDING_MASK].max() > 1e-2  # int8 / the adapter changed it
-    assert {v.dtype.name for v in served.model_variables} == {"float32"}
-    int8_variables = tf.saved_model.load(str(tmp_path / "int8")).model_variables
-    assert "int8" in {v.dtype.name for v in int8_variables}
+        # int8 rounding, the adapter: both change the float model's numbers.
+        assert np.abs(logits - float_logits)[PADDING_MASK].max() > 1e-2
+        dtypes[name] = {v.dtype.name for v in served.model_variables}
+    assert dtypes == {"int8": {"int8", "float32"}, "lora": {"float32"}}
 
 
 @on_tensorflow
 def test_refuses_a_full_destination_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
     import tensorflow as tf
 
-    lm = causal_lm(keras_gemma.GemmaBackbone(**{**TINY_CONFIGS["gemma_mqa"], "num_layers": 1}))
+    lm = small_lm()
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
@@ -173,6 +146,8 @@ def test_refuses_a_full_destination_and_leaves_nothing_on_failure(tmp_path, monk
     assert (target / "keep.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="no quantization"):
         export_saved_model(lm, tmp_path / "q", quantization="q8_0")
+    with pytest.raises(TypeError, match="GemmaCausalLM"):
+        export_saved_model(lm.backbone, tmp_path / "b")
 
     def failing_save(*args, **kwargs):
         raise OSError("disk full")
@@ -192,7 +167,6 @@ def test_refuses_a_full_destination_and_leaves_nothing_on_failure(tmp_path, monk
 
 @pytest.mark.skipif(keras.config.backend() == "tensorflow", reason="the error is for other backends")
 def test_other_backends_are_told_what_to_run(tmp_path):
-    lm = causal_lm(keras_gemma.GemmaBackbone(**{**TINY_CONFIGS["gemma_mqa"], "num_layers": 1}))
     with pytest.raises(RuntimeError, match="KERAS_BACKEND=tensorflow.*--format saved_model"):
-        export_saved_model(lm, tmp_path / "out")
+        export_saved_model(small_lm(), tmp_path / "out")
     assert not (tmp_path / "out").exists()

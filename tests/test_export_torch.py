@@ -1,0 +1,143 @@
+"""torch.export of the forward pass (keras_gemma/export/torch_export.py).
+
+The .pt2 programs are loaded in a fresh process that can import only
+PyTorch (tests/isolated_process.py); their logits are checked against
+transformers' (the cached oracles of test_parity.py and test_gemma4.py) and
+ours, on the traced shape and on others (batch and length are dynamic).
+
+The export traces with PyTorch, so it runs on that backend only; on the
+others the one test here is the error telling the user what to do.
+"""
+
+import keras
+import numpy as np
+import pytest
+from export_models import (ORACLE_LOGITS, int8_and_lora_models, oracle_models, our_logits,
+                           small_lm)
+from isolated_process import run_isolated
+from tiny_models import PADDING_MASK, TOKEN_IDS
+
+from keras_gemma.export.torch_export import export_torch
+
+on_torch = pytest.mark.skipif(
+    keras.config.backend() != "torch",
+    reason="torch.export traces with PyTorch (KERAS_BACKEND=torch)",
+)
+# Shapes other than the one traced (2 x 8): one row, and a longer batch of 3.
+OTHER_SHAPES = {
+    "single": (TOKEN_IDS[1:, :5], PADDING_MASK[1:, :5]),
+    "longer": (np.tile(TOKEN_IDS, (2, 2))[:3, :20], np.tile(PADDING_MASK, (2, 2))[:3, :20]),
+}
+
+_LOAD_AND_RUN = """
+import numpy as np, torch
+inputs = np.load("inputs.npz")
+outputs = {}
+for name in NAMES:
+    forward = torch.export.load(name + ".pt2").module()
+    for case in CASES:
+        logits = forward(torch.from_numpy(inputs[case + "/token_ids"]),
+                         torch.from_numpy(inputs[case + "/padding_mask"]))
+        assert logits.dtype == torch.float32, logits.dtype
+        outputs[name + "/" + case] = logits.detach().numpy()
+np.savez("outputs.npz", **outputs)
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Both tiny models, exported, then run in one fresh PyTorch-only
+    process: {name: (model, {case: logits of that process})}."""
+    folder = tmp_path_factory.mktemp("torch_programs")
+    models = oracle_models()
+    for name, lm in models.items():
+        assert export_torch(lm, folder / f"{name}.pt2") == str(folder / f"{name}.pt2")
+    cases = {"oracle": (TOKEN_IDS, PADDING_MASK), **OTHER_SHAPES}
+    np.savez(folder / "inputs.npz", **{
+        f"{case}/{key}": array.astype("int32")
+        for case, arrays in cases.items() for key, array in zip(("token_ids", "padding_mask"), arrays)
+    })
+    run_isolated(f"NAMES = {list(models)!r}\nCASES = {list(cases)!r}\n" + _LOAD_AND_RUN, cwd=folder)
+    outputs = np.load(folder / "outputs.npz")
+    return {
+        name: (lm, {case: outputs[f"{name}/{case}"] for case in cases})
+        for name, lm in models.items()
+    }
+
+
+@on_torch
+@pytest.mark.parametrize("name", ["gemma3", "gemma4"])
+def test_logits_equal_ours_and_transformers(name, exported):
+    lm, logits = exported[name]
+    np.testing.assert_allclose(logits["oracle"], our_logits(lm), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        logits["oracle"][PADDING_MASK], ORACLE_LOGITS[name][PADDING_MASK], atol=1e-4, rtol=0
+    )
+
+
+@on_torch
+@pytest.mark.parametrize("name", ["gemma3", "gemma4"])
+@pytest.mark.parametrize("case", list(OTHER_SHAPES))
+def test_batch_and_length_are_dynamic(name, case, exported):
+    lm, logits = exported[name]
+    token_ids, padding_mask = OTHER_SHAPES[case]
+    assert logits[case].shape == (*token_ids.shape, 640)
+    np.testing.assert_allclose(logits[case], our_logits(lm, token_ids, padding_mask),
+                               atol=1e-5, rtol=1e-5)
+
+
+@on_torch
+def test_int8_and_lora_models_export_as_they_compute(tmp_path):
+    import torch
+
+    models, float_logits = int8_and_lora_models()
+    inputs = (torch.from_numpy(TOKEN_IDS), torch.from_numpy(PADDING_MASK.astype("int32")))
+    for name, lm in models.items():
+        program = torch.export.load(export_torch(lm, tmp_path / f"{name}.pt2"))
+        logits = program.module()(*inputs).detach().numpy()
+        np.testing.assert_allclose(logits, our_logits(lm), atol=1e-5, rtol=1e-5)
+        # int8 rounding, the adapter: both change the float model's numbers.
+        assert np.abs(logits - float_logits)[PADDING_MASK].max() > 1e-2
+        if name == "int8":
+            dtypes = {str(t.dtype) for t in program.state_dict.values()}
+            dtypes |= {str(t.dtype) for t in program.constants.values()}
+            assert "torch.int8" in dtypes
+
+
+@on_torch
+def test_bad_destinations_and_a_failed_export_leave_nothing(tmp_path, monkeypatch):
+    import torch
+
+    lm = small_lm()
+    existing = tmp_path / "model.pt2"
+    existing.write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_torch(lm, existing)
+    with pytest.raises(ValueError, match=r"ending in \.pt2"):
+        export_torch(lm, tmp_path / "model.bin")
+    with pytest.raises(ValueError, match="no quantization"):
+        export_torch(lm, tmp_path / "q.pt2", quantization="f16")
+
+    def failing_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch.export, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        export_torch(lm, existing, overwrite=True)
+    with pytest.raises(OSError, match="disk full"):
+        export_torch(lm, tmp_path / "sub" / "new.pt2")
+    assert existing.read_bytes() == b"mine"
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) in (
+        ["model.pt2"], ["model.pt2", "sub"])
+    monkeypatch.undo()
+    export_torch(lm, existing, overwrite=True)
+    assert torch.export.load(str(existing)).module()(
+        torch.ones((1, 3), dtype=torch.int32), torch.ones((1, 3), dtype=torch.int32)
+    ).shape == (1, 3, 640)
+
+
+@pytest.mark.skipif(keras.config.backend() == "torch", reason="the error is for other backends")
+def test_other_backends_are_told_what_to_run(tmp_path):
+    with pytest.raises(RuntimeError, match="KERAS_BACKEND=torch.*--format torch_export"):
+        export_torch(small_lm(), tmp_path / "out.pt2")
+    assert not (tmp_path / "out.pt2").exists()
