@@ -12,11 +12,12 @@ others the one test here is the error telling the user what to do.
 import keras
 import numpy as np
 import pytest
-from export_models import (ORACLE_LOGITS, int8_and_lora_models, oracle_models, our_logits,
-                           small_lm)
+from export_models import (DATA, GEMMA4, ORACLE_LOGITS, causal_lm, int8_and_lora_models,
+                           oracle_models, our_logits, small_lm)
 from isolated_process import run_isolated
 from tiny_models import PADDING_MASK, TOKEN_IDS
 
+import keras_gemma
 from keras_gemma.export.torch_export import export_torch
 
 on_torch = pytest.mark.skipif(
@@ -87,6 +88,26 @@ def test_batch_and_length_are_dynamic(name, case, exported):
 
 
 @on_torch
+def test_expert_mixture_exports_for_any_length(tmp_path):
+    """Gemma 4's expert mixture picks its grouping by the token count, which
+    is symbolic here (keras_gemma.backend.static_size)."""
+    import torch
+
+    lm = causal_lm(keras_gemma.GemmaBackbone.from_preset(str(DATA / "hf_tiny_gemma4_moe")))
+    forward = torch.export.load(export_torch(lm, tmp_path / "moe.pt2")).module()
+    logits = forward(torch.from_numpy(TOKEN_IDS), torch.from_numpy(PADDING_MASK.astype("int32")))
+    np.testing.assert_allclose(
+        logits.numpy()[PADDING_MASK], GEMMA4["moe_logits"][PADDING_MASK], atol=1e-4, rtol=0
+    )
+    token_ids, padding_mask = OTHER_SHAPES["longer"]
+    np.testing.assert_allclose(
+        forward(torch.from_numpy(token_ids.astype("int32")),
+                torch.from_numpy(padding_mask.astype("int32"))).numpy(),
+        our_logits(lm, token_ids, padding_mask), atol=1e-5, rtol=1e-5,
+    )
+
+
+@on_torch
 def test_int8_and_lora_models_export_as_they_compute(tmp_path):
     import torch
 
@@ -108,28 +129,37 @@ def test_int8_and_lora_models_export_as_they_compute(tmp_path):
 def test_bad_destinations_and_a_failed_export_leave_nothing(tmp_path, monkeypatch):
     import torch
 
+    from keras_gemma.export import torch_export
+
     lm = small_lm()
-    existing = tmp_path / "model.pt2"
-    existing.write_bytes(b"mine")
+    program = torch.export.load(export_torch(lm, tmp_path / "first.pt2"))
+    assert program.module()(
+        torch.ones((1, 3), dtype=torch.int32), torch.ones((1, 3), dtype=torch.int32)
+    ).shape == (1, 3, 640)
+    existing = tmp_path / "first.pt2"
     with pytest.raises(FileExistsError, match="overwrite"):
         export_torch(lm, existing)
     with pytest.raises(ValueError, match=r"ending in \.pt2"):
         export_torch(lm, tmp_path / "model.bin")
     with pytest.raises(ValueError, match="no quantization"):
         export_torch(lm, tmp_path / "q.pt2", quantization="f16")
+    before = existing.read_bytes()
+    save = torch.export.save
 
     def failing_save(*args, **kwargs):
         raise OSError("disk full")
 
+    # Writing fails (tracing again would only cost time).
+    monkeypatch.setattr(torch_export, "_export_forward", lambda model, torch: program)
     monkeypatch.setattr(torch.export, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
         export_torch(lm, existing, overwrite=True)
     with pytest.raises(OSError, match="disk full"):
-        export_torch(lm, tmp_path / "sub" / "new.pt2")
-    assert existing.read_bytes() == b"mine"
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) in (
-        ["model.pt2"], ["model.pt2", "sub"])
-    monkeypatch.undo()
+        export_torch(lm, tmp_path / "new.pt2")
+    assert existing.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["first.pt2"]
+    monkeypatch.setattr(torch.export, "save", save)
+    existing.write_bytes(b"not a program")
     export_torch(lm, existing, overwrite=True)
     assert torch.export.load(str(existing)).module()(
         torch.ones((1, 3), dtype=torch.int32), torch.ones((1, 3), dtype=torch.int32)
