@@ -33,6 +33,12 @@ The programs are traced from the model as it is: a model quantized with
 ``quantize("int8")`` is exported with its int8 weights and scales (the
 program dequantizes as our layers do), and a LoRA model's adapters are
 traced in (the exported numbers equal the model's own, adapter included).
+Token ids must lie in the vocabulary (the programs do not check them).
+
+Gemma 4's expert mixture (26B-A4B) cannot group tokens by expert when the
+token count is unknown at trace time, so the traced programs gather each
+(token, chosen expert) pair's weights: about 95 MB per token and layer for 26B-A4B
+in bfloat16, so keep its prompts short (a few hundred tokens per call).
 
 Example (TensorFlow backend):
 

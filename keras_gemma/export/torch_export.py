@@ -15,7 +15,10 @@ or use the SavedModel export for a compiled loop.
 
 As for the SavedModel, the program is traced from the model as it is: int8
 weights (``model.quantize("int8")``) are exported as int8 with their
-scales, and a LoRA model's adapters are traced in.
+scales, and a LoRA model's adapters are traced in. As there, Gemma 4's
+expert mixture runs per (token, chosen expert) pair for a symbolic token
+count (see ``keras_gemma.backend.static_size``): about 95 MB per token and layer for
+26B-A4B in bfloat16, so keep its inputs short.
 
 Example (PyTorch backend):
 
