@@ -37,8 +37,9 @@ def gemma4_lm():
     return causal_lm(keras_gemma.GemmaBackbone.from_preset(str(DATA / "hf_tiny_gemma4_ple")))
 
 
-def oracle_models():
-    return {"gemma3": gemma3_lm(), "gemma4": gemma4_lm()}
+def oracle_models(name):
+    """The model of ``ORACLE_LOGITS[name]``."""
+    return {"gemma3": gemma3_lm, "gemma4": gemma4_lm}[name]()
 
 
 def int8_and_lora_models():

@@ -32,19 +32,16 @@ GEMMA4_STOP = int(GEMMA4["ple_greedy"][1, 5])
 _LOAD_AND_RUN = """
 import numpy as np, tensorflow as tf
 inputs = np.load("inputs.npz")
-outputs = {}
-for name in NAMES:
-    served = tf.saved_model.load(name)
-    logits = served.signatures["serving_default"](
-        token_ids=tf.constant(inputs["token_ids"]), padding_mask=tf.constant(inputs["padding_mask"]))
-    generated = served.signatures["generate"](
-        token_ids=tf.constant(inputs["prompt_ids"]), padding_mask=tf.constant(inputs["prompt_mask"]))
-    outputs[name + "/logits"] = logits["logits"].numpy()
-    outputs[name + "/token_ids"] = generated["token_ids"].numpy()
-    outputs[name + "/padding_mask"] = generated["padding_mask"].numpy()
-    outputs[name + "/dtypes"] = np.array([str(v.dtype.name) for v in (
-        logits["logits"], generated["token_ids"], generated["padding_mask"])])
-np.savez("outputs.npz", **outputs)
+served = tf.saved_model.load("saved_model")
+logits = served.signatures["serving_default"](
+    token_ids=tf.constant(inputs["token_ids"]), padding_mask=tf.constant(inputs["padding_mask"]))
+generated = served.signatures["generate"](
+    token_ids=tf.constant(inputs["prompt_ids"]), padding_mask=tf.constant(inputs["prompt_mask"]))
+np.savez(
+    "outputs.npz", logits=logits["logits"].numpy(), token_ids=generated["token_ids"].numpy(),
+    padding_mask=generated["padding_mask"].numpy(),
+    dtypes=[v.dtype.name for v in (logits["logits"], generated["token_ids"], generated["padding_mask"])],
+)
 """
 
 
@@ -54,58 +51,43 @@ def prompts():
     return np.pad(TOKEN_IDS, pad), np.pad(PADDING_MASK, pad)
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """Both tiny models, exported, then run in one fresh TensorFlow-only
-    process: {name: (model, stop ids, that process's outputs)}."""
-    folder = tmp_path_factory.mktemp("saved_models")
-    stop_ids = {"gemma3": "auto", "gemma4": [GEMMA4_STOP]}
-    models = oracle_models()
-    for name, lm in models.items():
-        path = export_saved_model(lm, folder / name, stop_token_ids=stop_ids[name])
-        assert path == str(folder / name)
-    prompt_ids, prompt_mask = prompts()
-    np.savez(
-        folder / "inputs.npz", token_ids=TOKEN_IDS, padding_mask=PADDING_MASK.astype("int32"),
-        prompt_ids=prompt_ids, prompt_mask=prompt_mask.astype("int32"),
-    )
-    run_isolated(f"NAMES = {list(models)!r}\n" + _LOAD_AND_RUN, cwd=folder)
-    outputs = np.load(folder / "outputs.npz")
-    return {
-        name: (lm, stop_ids[name],
-               {k.split("/")[1]: outputs[k] for k in outputs if k.startswith(name + "/")})
-        for name, lm in models.items()
-    }
-
-
+# One test per model, so that under pytest-xdist each model is exported and
+# loaded once, in whichever worker runs its test.
 @on_tensorflow
 @pytest.mark.parametrize("name", ["gemma3", "gemma4"])
-def test_logits_equal_ours_and_transformers(name, exported):
-    lm, _, outputs = exported[name]
+def test_fresh_process_logits_and_greedy_tokens(name, tmp_path):
+    lm = oracle_models(name)
+    stop_ids = [GEMMA4_STOP] if name == "gemma4" else "auto"
+    path = export_saved_model(lm, tmp_path / "saved_model", stop_token_ids=stop_ids)
+    assert path == str(tmp_path / "saved_model")
+    prompt_ids, prompt_mask = prompts()
+    np.savez(
+        tmp_path / "inputs.npz", token_ids=TOKEN_IDS, padding_mask=PADDING_MASK.astype("int32"),
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask.astype("int32"),
+    )
+    run_isolated(_LOAD_AND_RUN, cwd=tmp_path)
+    outputs = np.load(tmp_path / "outputs.npz")
     assert list(outputs["dtypes"]) == ["float32", "int32", "int32"]
+
+    # serving_default: our logits and transformers'. Graph and eager
+    # TensorFlow order float sums differently: ~3e-5 apart after Gemma 4's
+    # 10 layers.
     logits = outputs["logits"]
     assert logits.shape == (2, 12, 640)
-    # Graph and eager TensorFlow order float sums differently: ~3e-5 apart
-    # after Gemma 4's 10 layers.
     np.testing.assert_allclose(logits, our_logits(lm), atol=1e-4, rtol=0)
     np.testing.assert_allclose(
         logits[PADDING_MASK], ORACLE_LOGITS[name][PADDING_MASK], atol=1e-4, rtol=0
     )
 
-
-@on_tensorflow
-@pytest.mark.parametrize("name", ["gemma3", "gemma4"])
-def test_generate_signature_equals_generate(name, exported):
-    lm, stop_ids, outputs = exported[name]
-    prompt_ids, prompt_mask = prompts()
+    # generate: our generate's tokens and output mask.
     ours = lm.generate({"token_ids": prompt_ids, "padding_mask": prompt_mask},
                        stop_token_ids=stop_ids)
     np.testing.assert_array_equal(outputs["token_ids"], ours["token_ids"])
     np.testing.assert_array_equal(outputs["padding_mask"], ours["padding_mask"])
-    lengths = PADDING_MASK.sum(axis=1)
     if name == "gemma4":
         # transformers' greedy continuation of each prompt alone; the second
         # row's mask ends where it produced the stop token.
+        lengths = PADDING_MASK.sum(axis=1)
         for row, length in enumerate(lengths):
             np.testing.assert_array_equal(
                 outputs["token_ids"][row, length : length + NEW_TOKENS], GEMMA4["ple_greedy"][row]

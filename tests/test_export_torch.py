@@ -33,58 +33,42 @@ OTHER_SHAPES = {
 _LOAD_AND_RUN = """
 import numpy as np, torch
 inputs = np.load("inputs.npz")
+forward = torch.export.load("model.pt2").module()
 outputs = {}
-for name in NAMES:
-    forward = torch.export.load(name + ".pt2").module()
-    for case in CASES:
-        logits = forward(torch.from_numpy(inputs[case + "/token_ids"]),
-                         torch.from_numpy(inputs[case + "/padding_mask"]))
-        assert logits.dtype == torch.float32, logits.dtype
-        outputs[name + "/" + case] = logits.detach().numpy()
+for case in CASES:
+    logits = forward(torch.from_numpy(inputs[case + "/token_ids"]),
+                     torch.from_numpy(inputs[case + "/padding_mask"]))
+    assert logits.dtype == torch.float32, logits.dtype
+    outputs[case] = logits.detach().numpy()
 np.savez("outputs.npz", **outputs)
 """
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """Both tiny models, exported, then run in one fresh PyTorch-only
-    process: {name: (model, {case: logits of that process})}."""
-    folder = tmp_path_factory.mktemp("torch_programs")
-    models = oracle_models()
-    for name, lm in models.items():
-        assert export_torch(lm, folder / f"{name}.pt2") == str(folder / f"{name}.pt2")
-    cases = {"oracle": (TOKEN_IDS, PADDING_MASK), **OTHER_SHAPES}
-    np.savez(folder / "inputs.npz", **{
-        f"{case}/{key}": array.astype("int32")
-        for case, arrays in cases.items() for key, array in zip(("token_ids", "padding_mask"), arrays)
-    })
-    run_isolated(f"NAMES = {list(models)!r}\nCASES = {list(cases)!r}\n" + _LOAD_AND_RUN, cwd=folder)
-    outputs = np.load(folder / "outputs.npz")
-    return {
-        name: (lm, {case: outputs[f"{name}/{case}"] for case in cases})
-        for name, lm in models.items()
-    }
-
-
+# One test per model, so that under pytest-xdist each model is exported and
+# loaded once, in whichever worker runs its test.
 @on_torch
 @pytest.mark.parametrize("name", ["gemma3", "gemma4"])
-def test_logits_equal_ours_and_transformers(name, exported):
-    lm, logits = exported[name]
+def test_fresh_process_logits_at_any_shape(name, tmp_path):
+    lm = oracle_models(name)
+    assert export_torch(lm, tmp_path / "model.pt2") == str(tmp_path / "model.pt2")
+    cases = {"oracle": (TOKEN_IDS, PADDING_MASK), **OTHER_SHAPES}
+    np.savez(tmp_path / "inputs.npz", **{
+        f"{case}/{key}": array.astype("int32")
+        for case, arrays in cases.items()
+        for key, array in zip(("token_ids", "padding_mask"), arrays)
+    })
+    run_isolated(f"CASES = {list(cases)!r}\n" + _LOAD_AND_RUN, cwd=tmp_path)
+    logits = np.load(tmp_path / "outputs.npz")
+    # Our logits and transformers', on the oracle's inputs.
     np.testing.assert_allclose(logits["oracle"], our_logits(lm), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(
         logits["oracle"][PADDING_MASK], ORACLE_LOGITS[name][PADDING_MASK], atol=1e-4, rtol=0
     )
-
-
-@on_torch
-@pytest.mark.parametrize("name", ["gemma3", "gemma4"])
-@pytest.mark.parametrize("case", list(OTHER_SHAPES))
-def test_batch_and_length_are_dynamic(name, case, exported):
-    lm, logits = exported[name]
-    token_ids, padding_mask = OTHER_SHAPES[case]
-    assert logits[case].shape == (*token_ids.shape, 640)
-    np.testing.assert_allclose(logits[case], our_logits(lm, token_ids, padding_mask),
-                               atol=1e-5, rtol=1e-5)
+    # Batch and length are dynamic: shapes other than the one traced.
+    for case, (token_ids, padding_mask) in OTHER_SHAPES.items():
+        assert logits[case].shape == (*token_ids.shape, 640), case
+        np.testing.assert_allclose(logits[case], our_logits(lm, token_ids, padding_mask),
+                                   atol=1e-5, rtol=1e-5, err_msg=case)
 
 
 @on_torch
