@@ -10,9 +10,13 @@ The export traces with TensorFlow, so it runs on that backend only; on the
 others the one test here is the error telling the user what to do.
 """
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
+from conftest import TESTS_DIR
 from export_models import (GEMMA4, ORACLE_LOGITS, int8_and_lora_models, oracle_models,
                            our_logits, small_lm)
 from isolated_process import run_isolated
@@ -152,3 +156,13 @@ def test_other_backends_are_told_what_to_run(tmp_path):
     with pytest.raises(RuntimeError, match="KERAS_BACKEND=tensorflow.*--format saved_model"):
         export_saved_model(small_lm(), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_required_backends_are_readable_before_keras_is_imported():
+    """The command line reads REQUIRED_BACKEND, then picks the backend."""
+    code = ("import sys; from keras_gemma.export import saved_model, torch_export; "
+            "print(saved_model.REQUIRED_BACKEND, torch_export.REQUIRED_BACKEND, "
+            "sorted({'keras', 'tensorflow', 'torch', 'jax'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=TESTS_DIR.parent, timeout=120)
+    assert result.stdout.split() == ["tensorflow", "torch", "[]"], result.stderr

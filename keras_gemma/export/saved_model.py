@@ -62,10 +62,10 @@ out = served.signatures["generate"](
 
 from pathlib import Path
 
-from keras_gemma.export.files import check_destination
-from keras_gemma.export.files import staged_directory
 from keras_gemma.export.traced import check_traceable
 
+# Read by the command line before it picks the backend: this module imports
+# no Keras (nor TensorFlow, PyTorch) until an export runs.
 REQUIRED_BACKEND = "tensorflow"
 # The tokenizer's SentencePiece model goes here inside the SavedModel
 # (TensorFlow's folder for files its loader ignores), so a server can turn
@@ -96,6 +96,9 @@ def export_saved_model(model, destination, quantization=None, overwrite=False,
         "keras-gemma export --format saved_model SRC DST",
     )
     stop_ids = model._stop_token_ids(stop_token_ids)
+    from keras_gemma.export.files import check_destination
+    from keras_gemma.export.files import staged_directory
+
     check_destination(destination, overwrite)
 
     import tensorflow as tf

@@ -38,10 +38,10 @@ logits = forward(token_ids, torch.ones_like(token_ids))
 
 from pathlib import Path
 
-from keras_gemma.export.files import check_destination
-from keras_gemma.export.files import staged_file
 from keras_gemma.export.traced import check_traceable
 
+# Read by the command line before it picks the backend: this module imports
+# no Keras (nor TensorFlow, PyTorch) until an export runs.
 REQUIRED_BACKEND = "torch"
 SUFFIX = ".pt2"
 # Shapes traced with; the dimensions stay dynamic. Not 1: torch.export
@@ -71,6 +71,9 @@ def export_torch(model, destination, quantization=None, overwrite=False):
             f"expects the suffix); got {str(destination)!r}. Give a path "
             f"ending in {SUFFIX}."
         )
+    from keras_gemma.export.files import check_destination
+    from keras_gemma.export.files import staged_file
+
     check_destination(destination, overwrite)
 
     import torch

@@ -5,7 +5,8 @@ backend only, and both hold the weights as the model has them (float or
 int8), so they take no ``quantization``.
 """
 
-import keras
+# Nothing here imports Keras at module level: the command line reads
+# REQUIRED_BACKEND from these modules before it chooses the backend.
 
 _BACKEND_NAMES = {"tensorflow": "TensorFlow", "torch": "PyTorch"}
 
@@ -16,6 +17,8 @@ def check_traceable(model, quantization, what, required_backend, command):
     ``what`` names the export ("The SavedModel export"); ``command`` is the
     ``keras-gemma export`` line that re-runs on the right backend.
     """
+    import keras
+
     backend = keras.config.backend()
     if backend != required_backend:
         raise RuntimeError(
