@@ -128,10 +128,18 @@ def test_bad_destinations_and_a_failed_export_leave_nothing(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="no quantization"):
         export_torch(lm, tmp_path / "q.pt2", quantization="f16")
     before = existing.read_bytes()
-    save = torch.export.save
+    save, trace = torch.export.save, torch.export.export
 
     def failing_save(*args, **kwargs):
         raise OSError("disk full")
+
+    def failing_trace(*args, **kwargs):
+        raise ValueError("Could not guard on data-dependent expression\n(details)")
+
+    monkeypatch.setattr(torch.export, "export", failing_trace)
+    with pytest.raises(RuntimeError, match="could not trace.*ValueError: Could not guard"):
+        export_torch(lm, tmp_path / "new.pt2")
+    monkeypatch.setattr(torch.export, "export", trace)
 
     # Writing fails (tracing again would only cost time).
     monkeypatch.setattr(torch_export, "_export_forward", lambda model, torch: program)

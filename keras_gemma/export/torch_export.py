@@ -112,9 +112,18 @@ def _export_forward(model, torch):
     padding_mask = torch.ones(shape, dtype=torch.int32, device=device)
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     dims = {0: batch, 1: length}
-    with torch.no_grad():
-        return torch.export.export(
-            Forward(model.backbone),
-            (token_ids, padding_mask),
-            dynamic_shapes={"token_ids": dims, "padding_mask": dims},
-        )
+    try:
+        with torch.no_grad():
+            return torch.export.export(
+                Forward(model.backbone),
+                (token_ids, padding_mask),
+                dynamic_shapes={"token_ids": dims, "padding_mask": dims},
+            )
+    except Exception as error:  # torch's tracer raises many kinds
+        summary = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise RuntimeError(
+            "torch.export could not trace this model's forward pass for any "
+            f"batch size and length ({type(error).__name__}: {summary}). This "
+            "is a bug in keras_gemma's export; the SavedModel export "
+            "(--format saved_model) may work meanwhile."
+        ) from error
