@@ -103,10 +103,14 @@ def test_int8_and_lora_models_export_as_they_compute(tmp_path):
         np.testing.assert_allclose(logits, our_logits(lm), atol=1e-5, rtol=1e-5)
         # int8 rounding, the adapter: both change the float model's numbers.
         assert np.abs(logits - float_logits)[PADDING_MASK].max() > 1e-2
-        if name == "int8":
-            dtypes = {str(t.dtype) for t in program.state_dict.values()}
-            dtypes |= {str(t.dtype) for t in program.constants.values()}
-            assert "torch.int8" in dtypes
+        # Each weight stored once, by our name (the tied embedding too), and
+        # no weight baked in as a constant.
+        weights = program.state_dict
+        assert sum(t.numel() for t in weights.values()) == sum(
+            int(np.prod(v.shape)) for v in lm.backbone.variables)
+        assert all(t.numel() == 1 for t in program.constants.values())
+        assert "decoder_block_1__attention__query__kernel" in weights
+        assert ("torch.int8" in {str(t.dtype) for t in weights.values()}) == (name == "int8")
 
 
 @on_torch

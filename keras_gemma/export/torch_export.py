@@ -93,18 +93,43 @@ def export_torch(model, destination, quantization=None, overwrite=False):
 
 
 def _export_forward(model, torch):
+    import keras
+
     class Forward(torch.nn.Module):
-        """token_ids, padding_mask -> float32 logits, as the Keras model."""
+        """token_ids, padding_mask -> float32 logits, as the Keras model.
+
+        Keras variables hold their torch tensors themselves, where
+        torch.export's tracer does not look for weights: it would store them
+        as constants, a tied embedding twice. So each variable is
+        registered here once, by its path, and the forward pass reads the
+        registered tensors through a ``keras.StatelessScope``.
+        """
 
         def __init__(self, backbone):
             super().__init__()
-            self.backbone = backbone
+            # Not a submodule: its weights are registered below, once each.
+            object.__setattr__(self, "_backbone", backbone)
+            self._variables = list(backbone.variables)
+            self._names = []
+            for index, variable in enumerate(self._variables):
+                # Our weight names, e.g. decoder_block_0__attention__query__kernel.
+                name = variable.path.replace("/", "__").replace(".", "_")
+                if name in self._names or hasattr(self, name):
+                    name += f"__{index}"
+                # Frozen (the memory is shared): a served program's outputs
+                # should not track gradients.
+                self.register_parameter(
+                    name, torch.nn.Parameter(variable.value.detach(), requires_grad=False)
+                )
+                self._names.append(name)
 
         # The backbone's tracing entry, not model.__call__: that one checks
         # concrete input values, which torch.export's fake tensors lack.
         def forward(self, token_ids, padding_mask):
-            hidden, _ = self.backbone.compute_hidden_states(token_ids, padding_mask)
-            return self.backbone.compute_logits(hidden)
+            mapping = [(v, getattr(self, n)) for v, n in zip(self._variables, self._names)]
+            with keras.StatelessScope(state_mapping=mapping):
+                hidden, _ = self._backbone.compute_hidden_states(token_ids, padding_mask)
+                return self._backbone.compute_logits(hidden)
 
     shape = (_EXAMPLE_BATCH, _EXAMPLE_LENGTH)
     device = model.variables[0].value.device  # where Keras put the weights
