@@ -44,7 +44,8 @@ generated = served.signatures["generate"](
 np.savez(
     "outputs.npz", logits=logits["logits"].numpy(), token_ids=generated["token_ids"].numpy(),
     padding_mask=generated["padding_mask"].numpy(),
-    dtypes=[v.dtype.name for v in (logits["logits"], generated["token_ids"], generated["padding_mask"])],
+    dtypes=[v.dtype.name for v in
+            (logits["logits"], generated["token_ids"], generated["padding_mask"])],
 )
 """
 
@@ -151,7 +152,8 @@ def test_refuses_a_full_destination_and_leaves_nothing_on_failure(tmp_path, monk
     assert (target / "assets.extra" / "vocabulary.spm").exists()
 
 
-@pytest.mark.skipif(keras.config.backend() == "tensorflow", reason="the error is for other backends")
+@pytest.mark.skipif(keras.config.backend() == "tensorflow",
+                    reason="the error is for other backends")
 def test_other_backends_are_told_what_to_run(tmp_path):
     with pytest.raises(RuntimeError, match="KERAS_BACKEND=tensorflow.*--format saved_model"):
         export_saved_model(small_lm(), tmp_path / "out")

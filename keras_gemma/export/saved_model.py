@@ -37,8 +37,9 @@ Token ids must lie in the vocabulary (the programs do not check them).
 
 Gemma 4's expert mixture (26B-A4B) cannot group tokens by expert when the
 token count is unknown at trace time, so the traced programs gather each
-(token, chosen expert) pair's weights: about 95 MB per token and layer for 26B-A4B
-in bfloat16, so keep its prompts short (a few hundred tokens per call).
+(token, chosen expert) pair's weights: about 95 MB per token and layer
+for 26B-A4B in bfloat16, so keep its prompts short (a few hundred tokens
+per call).
 
 Example (TensorFlow backend):
 

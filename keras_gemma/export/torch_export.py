@@ -10,15 +10,17 @@ tensors, ``token_ids`` int32 (batch, length) and ``padding_mask`` int32
 float32 (batch, length, vocabulary): the logits of the token after each
 position, as calling the Keras model gives. Batch size and length are
 dynamic (``torch.export.Dim``), so any shape runs without re-exporting.
-There is no generate loop: decode by calling it on the growing sequence,
-or use the SavedModel export for a compiled loop.
+The weights are the program's parameters (frozen), each stored once under
+our weight name, e.g. ``decoder_block_0__attention__query__kernel`` (``/``
+written ``__``). There is no generate loop: decode by calling it on the
+growing sequence, or use the SavedModel export for a compiled loop.
 
 As for the SavedModel, the program is traced from the model as it is: int8
 weights (``model.quantize("int8")``) are exported as int8 with their
 scales, and a LoRA model's adapters are traced in. As there, Gemma 4's
 expert mixture runs per (token, chosen expert) pair for a symbolic token
-count (see ``keras_gemma.backend.static_size``): about 95 MB per token and layer for
-26B-A4B in bfloat16, so keep its inputs short.
+count (see ``keras_gemma.backend.static_size``): about 95 MB per token and
+layer for 26B-A4B in bfloat16, so keep its inputs short.
 
 Example (PyTorch backend):
 
