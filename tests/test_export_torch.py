@@ -109,7 +109,7 @@ def test_int8_and_lora_models_export_as_they_compute(tmp_path):
         assert sum(t.numel() for t in weights.values()) == sum(
             int(np.prod(v.shape)) for v in lm.backbone.variables)
         assert all(t.numel() == 1 for t in program.constants.values())
-        assert "decoder_block_1__attention__query__kernel" in weights
+        assert "decoder_block_0__attention__query__kernel" in weights
         assert ("torch.int8" in {str(t.dtype) for t in weights.values()}) == (name == "int8")
 
 
