@@ -9,6 +9,7 @@ arguments, so weights are not baked into the program as constants),
 """
 
 import contextlib
+import numbers
 
 import keras
 
@@ -135,6 +136,17 @@ def assign_from_host(variable, value):
             strides=[1] * value.ndim,
             value=chunk,
         )
+
+
+def static_size(size):
+    """A dimension of a tensor's shape as an ``int``, or None if it is only
+    known when the program runs.
+
+    Tracing for any shape, TensorFlow gives None and ``torch.export`` a
+    symbolic ``torch.SymInt`` (which Python arithmetic and comparisons would
+    pin to the traced example's size); both come back as None.
+    """
+    return int(size) if isinstance(size, numbers.Integral) else None
 
 
 def no_grad():

@@ -193,7 +193,9 @@ class ExpertFeedForward(keras.layers.Layer):
         flat = ops.reshape(x, (-1, self.hidden_dim))
         expert_ids, weights = self.route(flat)
         h = self.pre_norm(flat)
-        tokens = flat.shape[0]  # static where the caller's shapes are
+        # Static where the caller's shapes are; None when traced for any
+        # length (a SavedModel or torch.export signature).
+        tokens = backend.static_size(flat.shape[0])
         pairs = None if tokens is None else tokens * self.num_experts_per_token
         if pairs is None or pairs <= self.num_experts:
             h = self._per_pair(h, expert_ids)
