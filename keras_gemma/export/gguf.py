@@ -1,0 +1,576 @@
+"""A ``GemmaCausalLM`` out to one GGUF file that llama.cpp and ollama run.
+
+``export_gguf(model, "model.gguf", quantization="q8_0")`` writes what
+llama.cpp's own converter (``convert_hf_to_gguf.py``) writes for a Gemma
+checkpoint: architecture ``gemma``, ``gemma2`` or ``gemma3``, its tensor
+names, RMSNorm weights stored as ``1 + scale``, projections as (out, in),
+the hyperparameter keys llama.cpp reads, the SentencePiece vocabulary as
+``tokenizer.ggml.*`` and the family's chat template.
+
+The tensor names and shapes come from the reader's table
+(``keras_gemma.checkpoints.gguf.expected_tensors``), run backwards, and the
+metadata is checked by handing it to the reader's own config parser before
+any tensor is written: a setting the file cannot carry (say, a Gemma 3
+model whose local layers are not every 5 of 6, which llama.cpp fixes for
+that architecture) is refused instead of exported to a file that llama.cpp
+would run differently.
+
+Quantizations (``quantization=``):
+
+| name   | matrices                  | when not given                        |
+|--------|---------------------------|---------------------------------------|
+| f32    | float32                   | float32 models                        |
+| f16    | float16                   | float16 models                        |
+| bf16   | bfloat16                  | bfloat16 models                       |
+| q8_0   | Q8_0 (int8, 32-value blocks, float16 scale) | int8 models         |
+
+As in llama.cpp's converter, 1-D tensors (every norm) stay float32, and a
+matrix whose rows do not split into 32-value blocks falls back from Q8_0 to
+float16. The default keeps the model's own precision, as the converter's
+``--outtype auto`` keeps the checkpoint's. An int8 model
+(``quantize("int8")``) is written to Q8_0 straight from its levels: our
+layout is one scale per 32 consecutive inputs, exactly a Q8_0 block, so
+only the scales change (rounded to float16); it cannot be written to the
+float types.
+
+Gemma 4 is refused: the installed ``gguf`` package may name a ``gemma4``
+architecture, but its file layout (per-layer head sizes, proportional RoPE
+frequencies, shared key/value layers, per-layer embeddings, experts, a BPE
+vocabulary) is not written here, and keras_gemma could not read it back to
+check it. Export it with ``--format hf`` and run llama.cpp's
+``convert_hf_to_gguf.py`` on the folder.
+"""
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from keras_gemma.checkpoints import gguf as gguf_reader
+from keras_gemma.checkpoints import sentencepiece_proto as spm
+from keras_gemma.export.files import check_destination, staged_file
+
+QUANTIZATIONS = ("f32", "f16", "bf16", "q8_0")
+_Q8_0_BLOCK = 32
+
+# What llama.cpp's converter stores when the config does not say: Gemma 1
+# and 2 were trained on 8,192 positions, Gemma 3 on 32,768 (270M, 1B) or
+# 131,072 (4B and up, the sizes with linear RoPE scaling).
+_CONTEXT_LENGTH = {"gemma": 8192, "gemma2": 8192}
+
+# Vocabulary pieces Hugging Face marks special, which llama.cpp's converter
+# stores as CONTROL (matched in text only when asked to); the other
+# user-defined pieces (runs of spaces, "[multimodal]", HTML tags) stay
+# USER_DEFINED, written with real spaces.
+_CONTROL_PIECES = ("<mask>", "<start_of_turn>", "<end_of_turn>", "[@BOS@]")
+
+# Gemma 1-3's chat format as a Jinja template (the one Hugging Face's Gemma 3
+# tokenizer_config.json carries, for string contents), which llama.cpp and
+# ollama render. keras_gemma.chat.chat_template is the same format in Python.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- set role = 'model' -%}"
+    "{%- else -%}"
+    "{%- set role = message['role'] -%}"
+    "{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<start_of_turn>model\\n' }}"
+    "{%- endif -%}"
+)
+
+
+def export_gguf(model, destination, quantization=None, overwrite=False, *, progress=True):
+    """Writes ``model`` (a ``GemmaCausalLM``) to the GGUF file ``destination``.
+
+    Args:
+        model: a ``GemmaCausalLM`` of Gemma 1, 2 or 3 (LoRA adapters are
+            merged into the written weights; the model is not changed).
+        destination: the ``.gguf`` file to write.
+        quantization: ``"f32"``, ``"f16"``, ``"bf16"`` or ``"q8_0"``; by
+            default the model's own precision (``q8_0`` for an int8 model).
+        overwrite: replace an existing file.
+        progress: show a progress bar over tensors (on a terminal).
+
+    Returns the path written. The file appears only once it is complete.
+
+    Example (needs the ``gguf`` package: ``pip install 'keras-gemma[export]'``):
+
+        model = keras_gemma.GemmaCausalLM.from_preset("gemma3_270m")
+        export_gguf(model, "gemma3-270m-q8_0.gguf", quantization="q8_0")
+        # llama-cli -m gemma3-270m-q8_0.gguf -p "The capital of France is"
+    """
+    gguf = _import_gguf()
+    backbone = model.backbone
+    config = backbone._config()
+    architecture = gguf_architecture(config)
+    int8 = bool(getattr(backbone, "is_quantized", False))
+    quantization = _resolve_quantization(quantization, backbone, int8)
+    if int8 and backbone.lora_config is not None:
+        raise ValueError(
+            "This int8 model has LoRA adapters, which cannot be merged into "
+            "int8 weights. Load the float model, load_lora_weights() and "
+            "merge_lora(), then export (with quantization='q8_0' if wanted)."
+        )
+    check_destination(destination, overwrite)
+    tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError(
+            "GGUF files carry the vocabulary, but this model has no "
+            "preprocessor with a tokenizer. Build it with "
+            "GemmaCausalLM(backbone, GemmaCausalLMPreprocessor(tokenizer))."
+        )
+    vocabulary = vocabulary_metadata(tokenizer.proto)
+    if len(vocabulary["tokenizer.ggml.tokens"]) != config["vocabulary_size"]:
+        raise ValueError(
+            f"The tokenizer has {len(vocabulary['tokenizer.ggml.tokens'])} "
+            f"pieces but the model {config['vocabulary_size']} embeddings; a "
+            "GGUF file needs one piece per embedding row."
+        )
+    metadata = model_metadata(config, architecture, quantization, Path(destination).stem)
+    metadata.update(vocabulary)
+    metadata["tokenizer.chat_template"] = GEMMA_CHAT_TEMPLATE
+    check_expressible(config, architecture, metadata)
+
+    plan = _tensor_plan(config, quantization, gguf)
+    weights = _weight_values(backbone)
+    with staged_file(destination, overwrite=overwrite) as staging:
+        writer = gguf.GGUFWriter(os.fspath(staging), architecture)
+        try:
+            for key, value in metadata.items():
+                _add_metadata(writer, key, value)
+            for name, _, shape, qtype in plan:
+                writer.add_tensor_info(
+                    name, shape, np.dtype(np.float32), _nbytes(shape, qtype, gguf),
+                    raw_dtype=qtype,
+                )
+            writer.open_output_file()
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for name, (ours, conversion), shape, qtype in _progress(plan, progress, destination):
+                data = _tensor_bytes(weights, ours, conversion, shape, qtype, int8, gguf)
+                writer.write_tensor_data(data)
+                del data
+            writer.close()
+        except BaseException:
+            writer.close()
+            raise
+    return str(Path(destination).resolve())
+
+
+# -- architecture and metadata ---------------------------------------------
+
+
+def gguf_architecture(config):
+    """``gemma``, ``gemma2`` or ``gemma3`` for a backbone config, or a
+    ``ValueError`` for a model GGUF export cannot write."""
+    from keras_gemma.backbone import GEMMA4_CONFIG_DEFAULTS
+
+    gemma4 = sorted(
+        key for key, default in GEMMA4_CONFIG_DEFAULTS.items()
+        if config.get(key, default) != default
+    )
+    if gemma4:
+        raise ValueError(
+            "GGUF cannot express Gemma 4 yet: keras_gemma writes llama.cpp's "
+            f"gemma, gemma2 and gemma3 layouts, and this model uses Gemma 4's "
+            f"{', '.join(gemma4)}. Export it with --format hf (a Hugging Face "
+            "folder) and convert that with llama.cpp's convert_hf_to_gguf.py."
+        )
+    if config.get("use_bidirectional_attention"):
+        raise ValueError(
+            "This is an embedding model (bidirectional attention); GGUF "
+            "export writes Gemma language models only."
+        )
+    if config["use_query_key_norm"]:
+        return "gemma3"
+    if config["use_post_attention_norm"] or config["use_post_feedforward_norm"]:
+        return "gemma2"
+    return "gemma"
+
+
+def model_metadata(config, architecture, quantization, name):
+    """The ``general.*`` and ``{architecture}.*`` keys, as llama.cpp's
+    converter writes them (Python values; see ``_add_metadata`` for types)."""
+    gguf = _import_gguf()
+    head_dim = config["head_dim"]
+    prefix = architecture + "."
+    context_length = _CONTEXT_LENGTH.get(architecture)
+    if context_length is None:  # gemma3
+        context_length = 131_072 if config["rope_scaling_factor"] != 1.0 else 32_768
+    metadata = {
+        "general.type": "model",
+        "general.name": name,
+        "general.file_type": int(_file_type(quantization, gguf)),
+        "general.quantization_version": int(gguf.GGML_QUANT_VERSION),
+        prefix + "context_length": context_length,
+        prefix + "embedding_length": config["hidden_dim"],
+        prefix + "block_count": config["num_layers"],
+        prefix + "feed_forward_length": config["intermediate_dim"],
+        prefix + "attention.head_count": config["num_query_heads"],
+        prefix + "attention.head_count_kv": config["num_key_value_heads"],
+        prefix + "attention.layer_norm_rms_epsilon": float(config["layer_norm_epsilon"]),
+        prefix + "attention.key_length": head_dim,
+        prefix + "attention.value_length": head_dim,
+        prefix + "rope.freq_base": float(config["rope_max_wavelength"]),
+    }
+    if architecture == "gemma2":
+        metadata[prefix + "attn_logit_softcapping"] = _float_or_none(config["attention_logit_soft_cap"])
+        metadata[prefix + "final_logit_softcapping"] = _float_or_none(config["final_logit_soft_cap"])
+        metadata[prefix + "attention.sliding_window"] = config["sliding_window_size"]
+    if architecture == "gemma3":
+        if config["final_logit_soft_cap"] is not None:
+            metadata[prefix + "final_logit_softcapping"] = float(config["final_logit_soft_cap"])
+        if config["sliding_window_size"] is not None:
+            metadata[prefix + "attention.sliding_window"] = config["sliding_window_size"]
+            metadata[prefix + "rope.freq_base_swa"] = float(
+                config["local_rope_max_wavelength"] or config["rope_max_wavelength"]
+            )
+    if config["rope_scaling_factor"] != 1.0:
+        metadata[prefix + "rope.scaling.type"] = "linear"
+        metadata[prefix + "rope.scaling.factor"] = float(config["rope_scaling_factor"])
+    # None marks a key the family needs but the model lacks; check_expressible
+    # reports it.
+    return {key: value for key, value in metadata.items() if value is not None}
+
+
+def check_expressible(config, architecture, metadata):
+    """Raises unless a reader of ``metadata`` builds ``config``'s model.
+
+    The reader is ours (``_config_from_metadata``), which applies llama.cpp's
+    fixed rules for each architecture: Gemma 2 alternates local and global
+    layers, Gemma 3 has 5 local layers per global one with RoPE base 10,000,
+    queries are scaled by ``head_dim`` (hidden / heads for the 27B models).
+    """
+    metadata = dict(metadata)
+    read = gguf_reader._config_from_metadata(metadata, architecture, "<export>")
+    ours, theirs = _semantics(config), _semantics(read)
+    problems = [
+        f"{key}: the model has {ours[key]!r}, a GGUF file of architecture "
+        f"{architecture!r} gives {theirs[key]!r}"
+        for key in ours if ours[key] != theirs.get(key)
+    ]
+    if architecture == "gemma2" and config["rope_scaling_factor"] != 1.0:
+        problems.append(
+            "rope_scaling_factor: llama.cpp's gemma2 scales every layer's "
+            "positions, the model only its global layers'"
+        )
+    if problems:
+        raise ValueError(
+            "GGUF cannot express this model exactly; llama.cpp would run a "
+            "different network:\n  " + "\n  ".join(problems) + "\nOnly configs "
+            "shaped like Google's Gemma 1, 2 and 3 checkpoints can be written "
+            "to GGUF; use --format hf for this one."
+        )
+
+
+def _semantics(config):
+    """The settings that decide the computation, defaults made explicit."""
+    windowed = config.get("sliding_window_size") is not None
+    values = {key: config.get(key) for key in (
+        "vocabulary_size", "num_layers", "num_query_heads", "num_key_value_heads",
+        "hidden_dim", "intermediate_dim", "head_dim", "attention_logit_soft_cap",
+        "final_logit_soft_cap", "use_post_attention_norm",
+        "use_post_feedforward_norm", "use_query_key_norm", "sliding_window_size",
+        "rope_max_wavelength", "rope_scaling_factor",
+    )}
+    values["layer_norm_epsilon"] = float(np.float32(config["layer_norm_epsilon"]))
+    values["query_pre_attn_scalar"] = float(config.get("query_pre_attn_scalar") or config["head_dim"])
+    values["sliding_window_pattern"] = config.get("sliding_window_pattern") if windowed else None
+    values["local_rope_max_wavelength"] = (
+        float(config.get("local_rope_max_wavelength") or config["rope_max_wavelength"])
+        if windowed else None
+    )
+    for key in ("attention_logit_soft_cap", "final_logit_soft_cap"):
+        values[key] = _float_or_none(values[key])
+    for key in ("rope_max_wavelength", "rope_scaling_factor"):
+        values[key] = float(values[key])
+    return values
+
+
+def vocabulary_metadata(proto):
+    """``tokenizer.ggml.*`` keys for a serialized SentencePiece model, as
+    llama.cpp's converter stores Gemma's vocabulary."""
+    pieces = _proto_pieces(proto)
+    special = {spm.CONTROL: [], spm.UNKNOWN: []}
+    tokens, scores, types = [], [], []
+    for index, (piece, score, piece_type) in enumerate(pieces):
+        if piece_type in special:
+            special[piece_type].append(index)
+        if piece_type == spm.USER_DEFINED:
+            if piece in _CONTROL_PIECES or (piece.startswith("<unused") and piece.endswith(">")):
+                piece_type = spm.CONTROL
+            else:
+                piece = piece.replace("\u2581", " ")
+        elif piece_type == spm.UNKNOWN:
+            piece_type = spm.CONTROL  # as Hugging Face's special <unk>
+        tokens.append(piece)
+        scores.append(score)
+        types.append(piece_type)
+    ids = {piece: index for index, (piece, _, _) in enumerate(pieces)}
+    metadata = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": np.asarray(scores, np.float32),
+        "tokenizer.ggml.token_type": np.asarray(types, np.int32),
+    }
+    if not special[spm.UNKNOWN]:
+        raise ValueError("The tokenizer has no unknown piece; llama.cpp needs one.")
+    metadata["tokenizer.ggml.unknown_token_id"] = special[spm.UNKNOWN][0]
+    for key, piece in (("bos_token_id", "<bos>"), ("eos_token_id", "<eos>"),
+                       ("padding_token_id", "<pad>")):
+        if piece in ids:
+            metadata[f"tokenizer.ggml.{key}"] = ids[piece]
+    metadata["tokenizer.ggml.add_bos_token"] = True
+    metadata["tokenizer.ggml.add_sep_token"] = False
+    metadata["tokenizer.ggml.add_eos_token"] = False
+    metadata["tokenizer.ggml.add_space_prefix"] = False
+    return metadata
+
+
+def _proto_pieces(proto):
+    """[(piece, score, type)] of a serialized SentencePiece ``ModelProto``.
+
+    Reads field 1 (``pieces``: 1 piece, 2 score, 3 type) of the protobuf
+    wire format, so no protobuf library is needed.
+    """
+    pieces = []
+    for number, value in _fields(proto):
+        if number != 1:
+            continue
+        piece, score, piece_type = "", 0.0, spm.NORMAL
+        for field, inner in _fields(value):
+            if field == 1:
+                piece = inner.decode("utf-8")
+            elif field == 2:
+                score = float(np.frombuffer(inner, "<f4")[0])
+            elif field == 3:
+                piece_type = inner
+        pieces.append((piece, score, piece_type))
+    if not pieces:
+        raise ValueError("The tokenizer's SentencePiece model has no pieces.")
+    return pieces
+
+
+def _fields(data):
+    """Yields (field number, value) of protobuf bytes: ints for varints,
+    bytes for length-delimited and fixed32 fields."""
+    position = 0
+    while position < len(data):
+        key, position = _varint(data, position)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, position = _varint(data, position)
+        elif wire == 2:
+            length, position = _varint(data, position)
+            value = bytes(data[position : position + length])
+            position += length
+        elif wire == 5:
+            value = bytes(data[position : position + 4])
+            position += 4
+        elif wire == 1:
+            value = bytes(data[position : position + 8])
+            position += 8
+        else:
+            raise ValueError(f"Unreadable SentencePiece model (wire type {wire}).")
+        yield number, value
+
+
+def _varint(data, position):
+    result = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, position
+        shift += 7
+
+
+def _add_metadata(writer, key, value):
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, (int, np.integer)):
+        writer.add_uint32(key, int(value))
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    elif isinstance(value, np.ndarray):  # float32 scores, int32 token types
+        writer.add_array(key, value.tolist())
+    else:
+        writer.add_array(key, list(value))
+
+
+# -- quantization -----------------------------------------------------------
+
+
+def _resolve_quantization(quantization, backbone, int8):
+    if quantization is None:
+        if int8:
+            return "q8_0"
+        dtype = backbone.dtype_policy.variable_dtype
+        return {"float16": "f16", "bfloat16": "bf16"}.get(dtype, "f32")
+    name = str(quantization).lower()
+    if name not in QUANTIZATIONS:
+        raise ValueError(
+            f"Unknown GGUF quantization {quantization!r}. Choose one of: "
+            f"{', '.join(QUANTIZATIONS)}."
+        )
+    if int8 and name != "q8_0":
+        raise ValueError(
+            f"This model is quantized to int8 (one scale per 32 values), which "
+            f"GGUF holds as q8_0 only, not {name}. Export with "
+            "quantization='q8_0', or load the float model to export it as "
+            f"{name}."
+        )
+    return name
+
+
+def _file_type(quantization, gguf):
+    types = gguf.LlamaFileType
+    return {"f32": types.ALL_F32, "f16": types.MOSTLY_F16,
+            "bf16": types.MOSTLY_BF16, "q8_0": types.MOSTLY_Q8_0}[quantization]
+
+
+def _tensor_plan(config, quantization, gguf):
+    """[(gguf name, (our path, conversion), numpy shape, GGML type)]."""
+    types = gguf.GGMLQuantizationType
+    matrix_type = {"f32": types.F32, "f16": types.F16, "bf16": types.BF16,
+                   "q8_0": types.Q8_0}[quantization]
+    plan = []
+    for name, (ours, shape, conversion) in gguf_reader.expected_tensors(config).items():
+        qtype = matrix_type
+        if len(shape) == 1:
+            qtype = types.F32  # llama.cpp's converter keeps norms float32.
+        elif qtype == types.Q8_0 and shape[-1] % _Q8_0_BLOCK:
+            qtype = types.F16  # ... and falls back to F16 for odd rows.
+        plan.append((name, (ours, conversion), shape, qtype))
+    return plan
+
+
+def _nbytes(shape, qtype, gguf):
+    block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    return math.prod(shape) // block_size * type_size
+
+
+def _weight_values(backbone):
+    """{our path: backend tensor}, LoRA merged, converted to numpy only
+    when written (``files.float_weights`` would hold a second copy of the
+    whole model)."""
+    from keras_gemma.lora import base_weights
+
+    prefix = backbone.name + "/"
+    return {
+        path[len(prefix):] if path.startswith(prefix) else path: value
+        for path, value in base_weights(backbone).items()
+    }
+
+
+def _tensor_bytes(weights, ours, conversion, shape, qtype, int8, gguf):
+    """The array ``GGUFWriter.write_tensor_data`` writes for one tensor."""
+    from keras import ops
+
+    types = gguf.GGMLQuantizationType
+    if int8 and conversion != "norm":
+        levels_path, scales_path = (
+            ("token_embedding/embeddings_int8", "token_embedding/embeddings_scale")
+            if conversion == "copy" else (ours, ours + "_scale")
+        )
+        levels = np.asarray(ops.convert_to_numpy(weights[levels_path]))  # (out, in)
+        scales = np.asarray(ops.convert_to_numpy(weights[scales_path]), np.float32)
+        if qtype == types.Q8_0:
+            return q8_0_from_int8(levels, scales)
+        # Rows that are not 32-value blocks: one scale per row; float16.
+        values = levels.astype(np.float32) * np.repeat(scales, levels.shape[1] // scales.shape[1], axis=1)
+        return values.astype(np.float16)
+    values = np.asarray(ops.convert_to_numpy(weights[ours]))
+    if conversion == "kernel":
+        values = values.T
+    if conversion == "norm":
+        values = values.astype(np.float32) + np.float32(1.0)
+    if values.shape != tuple(shape):
+        raise ValueError(
+            f"`{ours}` has shape {values.shape}, but the config gives {tuple(shape)}."
+        )
+    return _quantize_rows(values, qtype, gguf)
+
+
+def _quantize_rows(values, qtype, gguf):
+    """``gguf.quants.quantize`` a block of rows at a time into one array,
+    so the temporaries stay small next to a 262,144-row embedding."""
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return np.ascontiguousarray(values, np.float32)
+    rows, columns = values.shape
+    block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    row_bytes = columns // block_size * type_size
+    result = np.empty((rows, row_bytes), np.uint8)
+    step = max(1, (1 << 20) // columns)
+    for begin in range(0, rows, step):
+        chunk = np.ascontiguousarray(values[begin : begin + step], np.float32)
+        result[begin : begin + step] = gguf.quants.quantize(chunk, qtype).view(np.uint8).reshape(len(chunk), row_bytes)
+    return result
+
+
+def q8_0_from_int8(levels, scales):
+    """Q8_0 blocks (float16 scale, 32 int8 values) from our int8 layout:
+    ``levels`` (rows, columns) int8 and ``scales`` (rows, columns / 32)."""
+    rows, columns = levels.shape
+    blocks = columns // _Q8_0_BLOCK
+    if scales.shape != (rows, blocks):
+        raise ValueError(
+            f"int8 scales of shape {scales.shape} do not give one scale per "
+            f"32 values of a {levels.shape} matrix."
+        )
+    result = np.empty((rows, blocks, 2 + _Q8_0_BLOCK), np.uint8)
+    result[:, :, :2] = scales.astype(np.float16).reshape(rows, blocks, 1).view(np.uint8)
+    result[:, :, 2:] = levels.reshape(rows, blocks, _Q8_0_BLOCK).view(np.uint8)
+    return result.reshape(rows, -1)
+
+
+# -- helpers ----------------------------------------------------------------
+
+
+def _float_or_none(value):
+    return None if value is None else float(value)
+
+
+def _progress(items, enabled, destination):
+    if not enabled:
+        return items
+    try:
+        from rich.console import Console
+        from rich.progress import track  # installed with Keras
+    except ImportError:
+        return items
+    return track(items, description=f"Writing {Path(destination).name}",
+                 transient=True, console=Console(stderr=True))
+
+
+def _import_gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise ImportError(
+            "Exporting to GGUF needs the `gguf` package: "
+            "`pip install 'keras-gemma[export]'` (or `pip install gguf`)."
+        ) from None
+    return gguf
