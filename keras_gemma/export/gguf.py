@@ -267,6 +267,12 @@ def check_expressible(config, architecture, metadata):
         f"{architecture!r} gives {theirs[key]!r}"
         for key in ours if ours[key] != theirs.get(key)
     ]
+    if architecture == "gemma3" and ours["local_rope_max_wavelength"] not in (None, 10_000.0):
+        problems.append(
+            f"local_rope_max_wavelength: the model has "
+            f"{ours['local_rope_max_wavelength']!r}, llama.cpp's gemma3 fixes "
+            "10000.0 (it ignores rope.freq_base_swa)"
+        )
     if architecture == "gemma2" and config["rope_scaling_factor"] != 1.0:
         problems.append(
             "rope_scaling_factor: llama.cpp's gemma2 scales every layer's "
