@@ -153,6 +153,25 @@ def test_tokenizer_reads_back_the_same(architecture, exported):
         assert read.detokenize(ids) == ours.detokenize(ids)
 
 
+def test_bfloat16_model_defaults_to_bf16_losslessly(tmp_path):
+    config = EXPORT_CONFIGS["gemma3"]
+    model = tiny_causal_lm(config)
+    bf16 = keras_gemma.GemmaBackbone(**config, dtype="bfloat16")
+    bf16.set_weights(model.backbone.get_weights())
+    model = keras_gemma.GemmaCausalLM(bf16, model.preprocessor)
+    path = exporter.export_gguf(model, tmp_path / "bf16.gguf", progress=False)
+    fields, reader = fields_of(path)
+    assert fields["general.file_type"] == 32  # MOSTLY_BF16, as --outtype auto
+    assert {t.tensor_type for t in reader.tensors if len(t.shape) == 2} == {Q.BF16}
+    stored = gguf_reader.read_gguf(path, progress=False).weights
+    for path_, value in float_weights(bf16).items():
+        one = np.float32(1)
+        if value.ndim == 1:
+            np.testing.assert_array_equal(stored[path_] + one, value.astype(np.float32) + one)
+        else:
+            np.testing.assert_array_equal(stored[path_], value.astype(np.float32))
+
+
 def test_lora_is_merged(tmp_path):
     model = tiny_causal_lm(EXPORT_CONFIGS["gemma3"])
     model.backbone.enable_lora(2, target=("query", "value", "down"))
