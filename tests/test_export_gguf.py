@@ -34,6 +34,7 @@ from keras_gemma.checkpoints import gguf as gguf_reader  # noqa: E402
 from keras_gemma.export import export  # noqa: E402
 from keras_gemma.export import gguf as exporter  # noqa: E402
 from keras_gemma.export.files import float_weights  # noqa: E402
+from keras_gemma.export.gguf_vocabulary import GEMMA_CHAT_TEMPLATE  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 ARCHITECTURES = tuple(EXPORT_CONFIGS)
@@ -172,6 +173,16 @@ def test_bfloat16_model_defaults_to_bf16_losslessly(tmp_path):
             np.testing.assert_array_equal(stored[path_], value.astype(np.float32))
 
 
+def test_embedding_rows_past_the_vocabulary_are_dropped(tmp_path):
+    # As llama.cpp's converter does for Gemma 3's 262,208 rows / 262,144 pieces.
+    config = {**EXPORT_CONFIGS["gemma"], "vocabulary_size": 700}
+    model = tiny_causal_lm(config)
+    path = exporter.export_gguf(model, tmp_path / "wide.gguf", progress=False)
+    read = keras_gemma.GemmaCausalLM.from_preset(path)
+    assert read.backbone.vocabulary_size == 640
+    np.testing.assert_allclose(logits_of(read), logits_of(model)[:, :640], atol=1e-5)
+
+
 def test_lora_is_merged(tmp_path):
     model = tiny_causal_lm(EXPORT_CONFIGS["gemma3"])
     model.backbone.enable_lora(2, target=("query", "value", "down"))
@@ -255,7 +266,7 @@ def expected_metadata(architecture, config, quantization):
         "tokenizer.ggml.add_sep_token": False,
         "tokenizer.ggml.add_eos_token": False,
         "tokenizer.ggml.add_space_prefix": False,
-        "tokenizer.chat_template": exporter.GEMMA_CHAT_TEMPLATE,
+        "tokenizer.chat_template": GEMMA_CHAT_TEMPLATE,
     }
     if a == "gemma2":
         metadata.update({
@@ -368,7 +379,7 @@ def test_chat_template_renders_our_chat_format():
         raise jinja2.exceptions.TemplateError(message)
 
     environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    template = environment.from_string(exporter.GEMMA_CHAT_TEMPLATE)
+    template = environment.from_string(GEMMA_CHAT_TEMPLATE)
     conversations = [
         ([{"role": "user", "content": "knock knock"}], True),
         ([{"role": "system", "content": "Be brief."},

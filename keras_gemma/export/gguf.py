@@ -48,8 +48,8 @@ from pathlib import Path
 import numpy as np
 
 from keras_gemma.checkpoints import gguf as gguf_reader
-from keras_gemma.checkpoints import sentencepiece_proto as spm
 from keras_gemma.export.files import check_destination, staged_file
+from keras_gemma.export.gguf_vocabulary import GEMMA_CHAT_TEMPLATE, vocabulary_metadata
 
 QUANTIZATIONS = ("f32", "f16", "bf16", "q8_0")
 _Q8_0_BLOCK = 32
@@ -58,43 +58,6 @@ _Q8_0_BLOCK = 32
 # and 2 were trained on 8,192 positions, Gemma 3 on 32,768 (270M, 1B) or
 # 131,072 (4B and up, the sizes with linear RoPE scaling).
 _CONTEXT_LENGTH = {"gemma": 8192, "gemma2": 8192}
-
-# Vocabulary pieces Hugging Face marks special, which llama.cpp's converter
-# stores as CONTROL (matched in text only when asked to); the other
-# user-defined pieces (runs of spaces, "[multimodal]", HTML tags) stay
-# USER_DEFINED, written with real spaces.
-_CONTROL_PIECES = ("<mask>", "<start_of_turn>", "<end_of_turn>", "[@BOS@]")
-
-# Gemma 1-3's chat format as a Jinja template (the one Hugging Face's Gemma 3
-# tokenizer_config.json carries, for string contents), which llama.cpp and
-# ollama render. keras_gemma.chat.chat_template is the same format in Python.
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set first_user_prefix = '' -%}"
-    "{%- set loop_messages = messages -%}"
-    "{%- endif -%}"
-    "{%- for message in loop_messages -%}"
-    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{%- endif -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{%- set role = 'model' -%}"
-    "{%- else -%}"
-    "{%- set role = message['role'] -%}"
-    "{%- endif -%}"
-    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
-    "{{ message['content'] | trim }}"
-    "{{ '<end_of_turn>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{ '<start_of_turn>model\\n' }}"
-    "{%- endif -%}"
-)
-
 
 def export_gguf(model, destination, quantization=None, overwrite=False, *, progress=True):
     """Writes ``model`` (a ``GemmaCausalLM``) to the GGUF file ``destination``.
@@ -137,12 +100,17 @@ def export_gguf(model, destination, quantization=None, overwrite=False, *, progr
             "GemmaCausalLM(backbone, GemmaCausalLMPreprocessor(tokenizer))."
         )
     vocabulary = vocabulary_metadata(tokenizer.proto)
-    if len(vocabulary["tokenizer.ggml.tokens"]) != config["vocabulary_size"]:
+    pieces = len(vocabulary["tokenizer.ggml.tokens"])
+    if pieces > config["vocabulary_size"]:
         raise ValueError(
-            f"The tokenizer has {len(vocabulary['tokenizer.ggml.tokens'])} "
-            f"pieces but the model {config['vocabulary_size']} embeddings; a "
-            "GGUF file needs one piece per embedding row."
+            f"The tokenizer has {pieces} pieces but the model only "
+            f"{config['vocabulary_size']} embeddings; a GGUF file needs one "
+            "embedding row per piece."
         )
+    # Embedding rows past the vocabulary (Gemma 3's 262,208 for 262,144
+    # pieces) are dropped, as llama.cpp's converter drops them: no text
+    # becomes those ids.
+    config = {**config, "vocabulary_size": pieces}
     metadata = model_metadata(config, architecture, quantization, Path(destination).stem)
     metadata.update(vocabulary)
     metadata["tokenizer.chat_template"] = GEMMA_CHAT_TEMPLATE
@@ -311,106 +279,6 @@ def _semantics(config):
     return values
 
 
-def vocabulary_metadata(proto):
-    """``tokenizer.ggml.*`` keys for a serialized SentencePiece model, as
-    llama.cpp's converter stores Gemma's vocabulary."""
-    pieces = _proto_pieces(proto)
-    special = {spm.CONTROL: [], spm.UNKNOWN: []}
-    tokens, scores, types = [], [], []
-    for index, (piece, score, piece_type) in enumerate(pieces):
-        if piece_type in special:
-            special[piece_type].append(index)
-        if piece_type == spm.USER_DEFINED:
-            if piece in _CONTROL_PIECES or (piece.startswith("<unused") and piece.endswith(">")):
-                piece_type = spm.CONTROL
-            else:
-                piece = piece.replace("\u2581", " ")
-        elif piece_type == spm.UNKNOWN:
-            piece_type = spm.CONTROL  # as Hugging Face's special <unk>
-        tokens.append(piece)
-        scores.append(score)
-        types.append(piece_type)
-    ids = {piece: index for index, (piece, _, _) in enumerate(pieces)}
-    metadata = {
-        "tokenizer.ggml.model": "llama",
-        "tokenizer.ggml.pre": "default",
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.scores": np.asarray(scores, np.float32),
-        "tokenizer.ggml.token_type": np.asarray(types, np.int32),
-    }
-    if not special[spm.UNKNOWN]:
-        raise ValueError("The tokenizer has no unknown piece; llama.cpp needs one.")
-    metadata["tokenizer.ggml.unknown_token_id"] = special[spm.UNKNOWN][0]
-    for key, piece in (("bos_token_id", "<bos>"), ("eos_token_id", "<eos>"),
-                       ("padding_token_id", "<pad>")):
-        if piece in ids:
-            metadata[f"tokenizer.ggml.{key}"] = ids[piece]
-    metadata["tokenizer.ggml.add_bos_token"] = True
-    metadata["tokenizer.ggml.add_sep_token"] = False
-    metadata["tokenizer.ggml.add_eos_token"] = False
-    metadata["tokenizer.ggml.add_space_prefix"] = False
-    return metadata
-
-
-def _proto_pieces(proto):
-    """[(piece, score, type)] of a serialized SentencePiece ``ModelProto``.
-
-    Reads field 1 (``pieces``: 1 piece, 2 score, 3 type) of the protobuf
-    wire format, so no protobuf library is needed.
-    """
-    pieces = []
-    for number, value in _fields(proto):
-        if number != 1:
-            continue
-        piece, score, piece_type = "", 0.0, spm.NORMAL
-        for field, inner in _fields(value):
-            if field == 1:
-                piece = inner.decode("utf-8")
-            elif field == 2:
-                score = float(np.frombuffer(inner, "<f4")[0])
-            elif field == 3:
-                piece_type = inner
-        pieces.append((piece, score, piece_type))
-    if not pieces:
-        raise ValueError("The tokenizer's SentencePiece model has no pieces.")
-    return pieces
-
-
-def _fields(data):
-    """Yields (field number, value) of protobuf bytes: ints for varints,
-    bytes for length-delimited and fixed32 fields."""
-    position = 0
-    while position < len(data):
-        key, position = _varint(data, position)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, position = _varint(data, position)
-        elif wire == 2:
-            length, position = _varint(data, position)
-            value = bytes(data[position : position + length])
-            position += length
-        elif wire == 5:
-            value = bytes(data[position : position + 4])
-            position += 4
-        elif wire == 1:
-            value = bytes(data[position : position + 8])
-            position += 8
-        else:
-            raise ValueError(f"Unreadable SentencePiece model (wire type {wire}).")
-        yield number, value
-
-
-def _varint(data, position):
-    result = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, position
-        shift += 7
-
-
 def _add_metadata(writer, key, value):
     if isinstance(value, bool):
         writer.add_bool(key, value)
@@ -501,8 +369,9 @@ def _tensor_bytes(weights, ours, conversion, shape, qtype, int8, gguf):
             ("token_embedding/embeddings_int8", "token_embedding/embeddings_scale")
             if conversion == "copy" else (ours, ours + "_scale")
         )
-        levels = np.asarray(ops.convert_to_numpy(weights[levels_path]))  # (out, in)
-        scales = np.asarray(ops.convert_to_numpy(weights[scales_path]), np.float32)
+        rows = shape[0]  # fewer than stored for a trimmed embedding
+        levels = np.asarray(ops.convert_to_numpy(weights[levels_path]))[:rows]  # (out, in)
+        scales = np.asarray(ops.convert_to_numpy(weights[scales_path]), np.float32)[:rows]
         if qtype == types.Q8_0:
             return q8_0_from_int8(levels, scales)
         # Rows that are not 32-value blocks: one scale per row; float16.
@@ -511,6 +380,8 @@ def _tensor_bytes(weights, ours, conversion, shape, qtype, int8, gguf):
     values = np.asarray(ops.convert_to_numpy(weights[ours]))
     if conversion == "kernel":
         values = values.T
+    if conversion == "copy":  # the embedding, trimmed to the vocabulary
+        values = values[: shape[0]]
     if conversion == "norm":
         values = values.astype(np.float32) + np.float32(1.0)
     if values.shape != tuple(shape):
