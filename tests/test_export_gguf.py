@@ -453,7 +453,10 @@ def test_llama_cpp_runs_the_export(architecture, exported):
         llama.eval(tokens)
         return np.asarray(llama.scores[len(tokens) - 1])
 
-    np.testing.assert_allclose(theirs(prompt), ours(prompt), atol=2e-3 * np.abs(ours(prompt)).max())
+    # llama.cpp keeps its key/value cache in float16: measured errors 1e-4 to
+    # 5e-4 of the largest logit. 12 tokens: longer than the sliding window.
+    long = TOKEN_IDS[0].tolist()
+    np.testing.assert_allclose(theirs(long), ours(long), atol=2e-3 * np.abs(ours(long)).max())
     assert _greedy(theirs, prompt, 8) == _greedy(ours, prompt, 8)
 
 
