@@ -396,6 +396,73 @@ def test_chat_template_renders_our_chat_format():
         )
 
 
+# -- Gemma 4 (dense), which llama.cpp reads and our reader does not -----------------
+
+GEMMA4_FOLDER = TESTS_DIR / "data" / "hf_tiny_gemma4_dense"
+
+
+@pytest.fixture(scope="module")
+def gemma4(tmp_path_factory):
+    """(the tiny dense Gemma 4, its f32 export): 4 sliding layers of head 16
+    then a full one of head 24 with proportional RoPE on half of it."""
+    model = keras_gemma.GemmaCausalLM.from_preset(str(GEMMA4_FOLDER))
+    path = tmp_path_factory.mktemp("gemma4") / "gemma4.gguf"
+    return model, exporter.export_gguf(model, path, "f32", progress=False)
+
+
+def test_gemma4_metadata_and_tensors(gemma4):
+    model, path = gemma4
+    fields, reader = fields_of(path)
+    # Gemma4Model.set_gguf_parameters of llama.cpp's converter, for this config.
+    expected = {
+        "general.architecture": "gemma4",
+        "gemma4.block_count": 6,
+        "gemma4.embedding_length": 32,
+        "gemma4.feed_forward_length": 64,
+        "gemma4.attention.head_count": 4,
+        "gemma4.attention.head_count_kv": 1,
+        "gemma4.attention.key_length": 24,
+        "gemma4.attention.value_length": 24,
+        "gemma4.attention.key_length_swa": 16,
+        "gemma4.attention.value_length_swa": 16,
+        "gemma4.attention.sliding_window": 4,
+        "gemma4.attention.sliding_window_pattern": [True] * 5 + [False],
+        "gemma4.attention.shared_kv_layers": 0,
+        "gemma4.embedding_length_per_layer_input": 0,
+        "gemma4.rope.freq_base": 20000.0,
+        "gemma4.rope.freq_base_swa": 500.0,
+        "gemma4.rope.dimension_count": 24,
+        "gemma4.rope.dimension_count_swa": 16,
+        "gemma4.final_logit_softcapping": 30.0,
+    }
+    for key, value in expected.items():
+        assert fields[key] == value, key
+    tensors = {t.name: t for t in reader.tensors}
+    # Proportional RoPE on half the full head: 6 of its 12 pairs rotate.
+    np.testing.assert_array_equal(np.asarray(tensors["rope_freqs.weight"].data),
+                                  np.float32([1.0] * 6 + [1e30] * 6))
+    assert [int(n) for n in tensors["blk.5.attn_q.weight"].shape] == [32, 4 * 24]
+    # Norms are stored as they multiply (Gemma 4 has no 1 + scale).
+    weights = float_weights(model.backbone)
+    np.testing.assert_array_equal(tensors["output_norm.weight"].data, weights["final_norm/scale"])
+    np.testing.assert_array_equal(tensors["blk.2.layer_output_scale.weight"].data,
+                                  weights["decoder_block_2/layer_scalar"].reshape(1))
+    allowed = {gguf.TENSOR_NAMES[kind].format(bid=i) + ".weight"
+               for kind in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.GEMMA4] for i in range(6)}
+    assert set(tensors) <= allowed
+
+
+def test_llama_cpp_runs_the_gemma4_export(gemma4):
+    model, path = gemma4
+    # float32 key/value cache (type 0): llama.cpp's default float16 one
+    # doubles the error on these small logits.
+    theirs, ours = llama_cpp_logits(path, type_k=0, type_v=0), last_logits(model)
+    long, prompt = TOKEN_IDS[0].tolist(), TOKEN_IDS[0, :6].tolist()
+    # Measured: 1.3e-3 (largest logit 2.5), ggml's GELU is a float16 table.
+    np.testing.assert_allclose(theirs(long), ours(long), atol=3e-3 * np.abs(ours(long)).max())
+    assert _greedy(theirs, prompt, 8) == _greedy(ours, prompt, 8)
+
+
 # -- transformers' reading (cached) ------------------------------------------------
 
 ORACLE_PATH = TESTS_DIR / "data" / "gguf_export_oracle.npz"
@@ -428,6 +495,30 @@ def test_transformers_tokenizer_reads_the_vocabulary(oracle):
 # -- llama.cpp itself (llama-cpp-python, optional) --------------------------------
 
 
+def last_logits(model):
+    """tokens -> our model's logits at the last position."""
+    def logits(tokens):
+        ids = np.asarray([tokens], "int32")
+        return logits_of(model, ids, np.ones_like(ids, bool))[-1]
+
+    return logits
+
+
+def llama_cpp_logits(path, n_ctx=64, **options):
+    """tokens -> llama.cpp's logits at the last position (llama-cpp-python),
+    or a skip without it."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    llama = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, logits_all=True, verbose=False,
+                            n_threads=1, **options)
+
+    def logits(tokens):
+        llama.reset()
+        llama.eval(tokens)
+        return np.asarray(llama.scores[len(tokens) - 1])
+
+    return logits
+
+
 def _greedy(logits_fn, prompt, steps):
     tokens = list(prompt)
     for _ in range(steps):
@@ -437,22 +528,9 @@ def _greedy(logits_fn, prompt, steps):
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_llama_cpp_runs_the_export(architecture, exported):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-    path = exported(architecture, "f32")
-    llama = llama_cpp.Llama(model_path=path, n_ctx=64, logits_all=True, verbose=False,
-                            n_threads=1)
-    model = model_for(architecture)
+    theirs = llama_cpp_logits(exported(architecture, "f32"))
+    ours = last_logits(model_for(architecture))
     prompt = TOKEN_IDS[0, :6].tolist()
-
-    def ours(tokens):
-        ids = np.asarray([tokens], "int32")
-        return logits_of(model, ids, np.ones_like(ids, bool))[-1]
-
-    def theirs(tokens):
-        llama.reset()
-        llama.eval(tokens)
-        return np.asarray(llama.scores[len(tokens) - 1])
-
     # llama.cpp keeps its key/value cache in float16: measured errors 1e-4 to
     # 5e-4 of the largest logit. 12 tokens: longer than the sliding window.
     long = TOKEN_IDS[0].tolist()
@@ -504,9 +582,10 @@ def test_int8_to_a_float_type_is_refused(tmp_path, exported):
     assert not list(tmp_path.iterdir())
 
 
-def test_gemma4_is_refused(tmp_path):
-    model = keras_gemma.GemmaCausalLM.from_preset(str(TESTS_DIR / "data" / "hf_tiny_gemma4_dense"))
-    with pytest.raises(ValueError, match="GGUF cannot express Gemma 4 yet.*--format hf"):
+@pytest.mark.parametrize("name", ["ple", "moe"])
+def test_gemma4_with_per_layer_embeddings_or_experts_is_refused(name, tmp_path):
+    model = keras_gemma.GemmaCausalLM.from_preset(str(TESTS_DIR / "data" / f"hf_tiny_gemma4_{name}"))
+    with pytest.raises(ValueError, match="GGUF cannot express this Gemma 4 model yet.*--format hf"):
         exporter.export_gguf(model, tmp_path / "x.gguf")
     assert not list(tmp_path.iterdir())
 
@@ -588,18 +667,12 @@ def test_real_gemma3_270m_round_trip(quantization, real, tmp_path):
 
 @pytest.mark.slow
 def test_real_llama_cpp_runs_the_f32_export(real, tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     _, model, prompt = real
     path = exporter.export_gguf(model, tmp_path / "gemma3_270m_f32.gguf", "f32")
-    llama = llama_cpp.Llama(model_path=path, n_ctx=128, logits_all=True, verbose=False)
-
-    def theirs(tokens):
-        llama.reset()
-        llama.eval(tokens)
-        return np.asarray(llama.scores[len(tokens) - 1])
-
-    ours = _greedy(lambda t: _real_logits(model, t)[-1], prompt, 10)
-    error = np.abs(theirs(prompt) - _real_logits(model, prompt)[-1]).max()
+    theirs = llama_cpp_logits(path, n_ctx=128)
+    ours = _greedy(last_logits(model), prompt, 10)
+    error = np.abs(theirs(prompt) - last_logits(model)(prompt)).max()
     print(f"\n[gguf export] llama.cpp on the 270M f32 export: last-position logits "
           f"max abs error {error:.3g}")
     assert _greedy(theirs, prompt, 10) == ours

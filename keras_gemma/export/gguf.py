@@ -2,7 +2,8 @@
 
 ``export_gguf(model, "model.gguf", quantization="q8_0")`` writes what
 llama.cpp's own converter (``convert_hf_to_gguf.py``) writes for a Gemma
-checkpoint: architecture ``gemma``, ``gemma2`` or ``gemma3``, its tensor
+checkpoint: architecture ``gemma``, ``gemma2``, ``gemma3`` (or ``gemma4``,
+below), its tensor
 names, RMSNorm weights stored as ``1 + scale``, projections as (out, in),
 the hyperparameter keys llama.cpp reads, the SentencePiece vocabulary as
 ``tokenizer.ggml.*`` and the family's chat template.
@@ -33,11 +34,13 @@ layout is one scale per 32 consecutive inputs, exactly a Q8_0 block, so
 only the scales change (rounded to float16); it cannot be written to the
 float types.
 
-Gemma 4 is refused: the installed ``gguf`` package may name a ``gemma4``
-architecture, but its file layout (per-layer head sizes, proportional RoPE
-frequencies, shared key/value layers, per-layer embeddings, experts, a BPE
-vocabulary) is not written here, and keras_gemma could not read it back to
-check it. Export it with ``--format hf`` and run llama.cpp's
+Gemma 4 text models without per-layer embeddings, shared key/value layers
+or experts (the 31B's layout: per-layer head sizes and key/value heads,
+proportional RoPE, keys as values) are written in llama.cpp's ``gemma4``
+layout (``gguf_gemma4.py``), checked against llama.cpp itself; keras_gemma's
+reader does not read that layout back, and the file carries no chat
+template (Gemma 4's Jinja template is not written here). The other Gemma 4
+models are refused: export them with ``--format hf`` and run llama.cpp's
 ``convert_hf_to_gguf.py`` on the folder.
 """
 
@@ -48,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_gemma.checkpoints import gguf as gguf_reader
+from keras_gemma.export import gguf_gemma4
 from keras_gemma.export.files import check_destination, staged_file
 from keras_gemma.export.gguf_vocabulary import GEMMA_CHAT_TEMPLATE, vocabulary_metadata
 
@@ -63,7 +67,7 @@ def export_gguf(model, destination, quantization=None, overwrite=False, *, progr
     """Writes ``model`` (a ``GemmaCausalLM``) to the GGUF file ``destination``.
 
     Args:
-        model: a ``GemmaCausalLM`` of Gemma 1, 2 or 3 (LoRA adapters are
+        model: a ``GemmaCausalLM`` of Gemma 1, 2, 3 or dense 4 (LoRA adapters are
             merged into the written weights; the model is not changed).
         destination: the ``.gguf`` file to write.
         quantization: ``"f32"``, ``"f16"``, ``"bf16"`` or ``"q8_0"``; by
@@ -113,10 +117,16 @@ def export_gguf(model, destination, quantization=None, overwrite=False, *, progr
     config = {**config, "vocabulary_size": pieces}
     metadata = model_metadata(config, architecture, quantization, Path(destination).stem)
     metadata.update(vocabulary)
-    metadata["tokenizer.chat_template"] = GEMMA_CHAT_TEMPLATE
-    check_expressible(config, architecture, metadata)
+    if architecture == "gemma4":
+        table = gguf_gemma4.expected_tensors(config)
+    else:
+        # Gemma 4's Jinja template (thinking, tools) is not written: llama.cpp
+        # then formats chats itself.
+        metadata["tokenizer.chat_template"] = GEMMA_CHAT_TEMPLATE
+        check_expressible(config, architecture, metadata)
+        table = gguf_reader.expected_tensors(config)
 
-    plan = _tensor_plan(config, quantization, gguf)
+    plan = _tensor_plan(table, quantization, gguf)
     weights = _weight_values(backbone)
     with staged_file(destination, overwrite=overwrite) as staging:
         writer = gguf.GGUFWriter(os.fspath(staging), architecture)
@@ -133,7 +143,10 @@ def export_gguf(model, destination, quantization=None, overwrite=False, *, progr
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             for name, (ours, conversion), shape, qtype in _progress(plan, progress, destination):
-                data = _tensor_bytes(weights, ours, conversion, shape, qtype, int8, gguf)
+                if conversion == "rope_freqs":
+                    data = gguf_gemma4.rope_freqs(config)
+                else:
+                    data = _tensor_bytes(weights, ours, conversion, shape, qtype, int8, gguf)
                 writer.write_tensor_data(data)
                 del data
             writer.close()
@@ -147,26 +160,23 @@ def export_gguf(model, destination, quantization=None, overwrite=False, *, progr
 
 
 def gguf_architecture(config):
-    """``gemma``, ``gemma2`` or ``gemma3`` for a backbone config, or a
-    ``ValueError`` for a model GGUF export cannot write."""
+    """``gemma``, ``gemma2``, ``gemma3`` or ``gemma4`` for a backbone config,
+    or a ``ValueError`` for a model GGUF export cannot write."""
     from keras_gemma.backbone import GEMMA4_CONFIG_DEFAULTS
 
-    gemma4 = sorted(
-        key for key, default in GEMMA4_CONFIG_DEFAULTS.items()
-        if config.get(key, default) != default
-    )
-    if gemma4:
-        raise ValueError(
-            "GGUF cannot express Gemma 4 yet: keras_gemma writes llama.cpp's "
-            f"gemma, gemma2 and gemma3 layouts, and this model uses Gemma 4's "
-            f"{', '.join(gemma4)}. Export it with --format hf (a Hugging Face "
-            "folder) and convert that with llama.cpp's convert_hf_to_gguf.py."
-        )
     if config.get("use_bidirectional_attention"):
         raise ValueError(
             "This is an embedding model (bidirectional attention); GGUF "
             "export writes Gemma language models only."
         )
+    if any(config.get(key, default) != default for key, default in GEMMA4_CONFIG_DEFAULTS.items()):
+        gguf_gemma4.check_supported(config)
+        if config.get("layer_types") is None or config.get("norm_scale_plus_one", True):
+            raise ValueError(
+                "GGUF cannot express this model: it mixes Gemma 4 switches with "
+                "Gemma 1-3 ones (no `layer_types`, or norms of 1 + scale)."
+            )
+        return "gemma4"
     if config["use_query_key_norm"]:
         return "gemma3"
     if config["use_post_attention_norm"] or config["use_post_feedforward_norm"]:
@@ -178,16 +188,21 @@ def model_metadata(config, architecture, quantization, name):
     """The ``general.*`` and ``{architecture}.*`` keys, as llama.cpp's
     converter writes them (Python values; see ``_add_metadata`` for types)."""
     gguf = _import_gguf()
+    general = {
+        "general.type": "model",
+        "general.name": name,
+        "general.file_type": int(_file_type(quantization, gguf)),
+        "general.quantization_version": int(gguf.GGML_QUANT_VERSION),
+    }
+    if architecture == "gemma4":
+        return {**general, **gguf_gemma4.metadata(config)}
     head_dim = config["head_dim"]
     prefix = architecture + "."
     context_length = _CONTEXT_LENGTH.get(architecture)
     if context_length is None:  # gemma3
         context_length = 131_072 if config["rope_scaling_factor"] != 1.0 else 32_768
     metadata = {
-        "general.type": "model",
-        "general.name": name,
-        "general.file_type": int(_file_type(quantization, gguf)),
-        "general.quantization_version": int(gguf.GGML_QUANT_VERSION),
+        **general,
         prefix + "context_length": context_length,
         prefix + "embedding_length": config["hidden_dim"],
         prefix + "block_count": config["num_layers"],
@@ -325,13 +340,14 @@ def _file_type(quantization, gguf):
             "bf16": types.MOSTLY_BF16, "q8_0": types.MOSTLY_Q8_0}[quantization]
 
 
-def _tensor_plan(config, quantization, gguf):
-    """[(gguf name, (our path, conversion), numpy shape, GGML type)]."""
+def _tensor_plan(table, quantization, gguf):
+    """[(gguf name, (our path, conversion), numpy shape, GGML type)] for an
+    ``expected_tensors`` table."""
     types = gguf.GGMLQuantizationType
     matrix_type = {"f32": types.F32, "f16": types.F16, "bf16": types.BF16,
                    "q8_0": types.Q8_0}[quantization]
     plan = []
-    for name, (ours, shape, conversion) in gguf_reader.expected_tensors(config).items():
+    for name, (ours, shape, conversion) in table.items():
         qtype = matrix_type
         if len(shape) == 1:
             qtype = types.F32  # llama.cpp's converter keeps norms float32.
@@ -364,7 +380,7 @@ def _tensor_bytes(weights, ours, conversion, shape, qtype, int8, gguf):
     from keras import ops
 
     types = gguf.GGMLQuantizationType
-    if int8 and conversion != "norm":
+    if int8 and conversion in ("kernel", "copy") and len(shape) == 2:
         levels_path, scales_path = (
             ("token_embedding/embeddings_int8", "token_embedding/embeddings_scale")
             if conversion == "copy" else (ours, ours + "_scale")
@@ -378,10 +394,14 @@ def _tensor_bytes(weights, ours, conversion, shape, qtype, int8, gguf):
         values = levels.astype(np.float32) * np.repeat(scales, levels.shape[1] // scales.shape[1], axis=1)
         return values.astype(np.float16)
     values = np.asarray(ops.convert_to_numpy(weights[ours]))
+    if conversion == "norm" or values.ndim < 2:
+        values = values.astype(np.float32)
     if conversion == "kernel":
         values = values.T
-    if conversion == "copy":  # the embedding, trimmed to the vocabulary
+    if conversion == "copy" and values.ndim == 2:  # the embedding, trimmed to the vocabulary
         values = values[: shape[0]]
+    if conversion == "scalar":  # Gemma 4's layer scalar, a 1-value tensor
+        values = values.reshape(1).astype(np.float32)
     if conversion == "norm":
         values = values.astype(np.float32) + np.float32(1.0)
     if values.shape != tuple(shape):
