@@ -452,8 +452,32 @@ def test_gemma4_metadata_and_tensors(gemma4):
     assert set(tensors) <= allowed
 
 
-def test_llama_cpp_runs_the_gemma4_export(gemma4):
-    model, path = gemma4
+def gemma4_keys_as_values(folder):
+    """The dense config with the 26B/31B switches: full layers take their
+    values from the keys and have 2 key/value heads (sliding layers 1);
+    seeded random weights."""
+    config = {**keras_gemma.GemmaBackbone.from_preset(str(GEMMA4_FOLDER))._config(),
+              "attention_k_eq_v": True, "num_global_key_value_heads": 2}
+    backbone = keras_gemma.GemmaBackbone(**config)
+    rng = np.random.default_rng(0)
+    for variable in backbone.weights:
+        if variable.path.endswith("layer_scalar"):
+            value = np.ones(variable.shape)
+        else:
+            value = rng.normal(scale=0.3, size=variable.shape)
+        variable.assign(value.astype("float32"))
+    tokenizer = keras_gemma.GemmaTokenizer.from_preset(str(GEMMA4_FOLDER))
+    model = keras_gemma.GemmaCausalLM(backbone, keras_gemma.GemmaCausalLMPreprocessor(tokenizer, 16))
+    return model, exporter.export_gguf(model, folder / "k_eq_v.gguf", "f32", progress=False)
+
+
+@pytest.mark.parametrize("variant", ["dense", "keys_as_values"])
+def test_llama_cpp_runs_the_gemma4_export(variant, gemma4, tmp_path):
+    model, path = gemma4 if variant == "dense" else gemma4_keys_as_values(tmp_path)
+    if variant != "dense":
+        _, reader = fields_of(path)
+        names = {t.name for t in reader.tensors}
+        assert "blk.5.attn_v.weight" not in names and "blk.4.attn_v.weight" in names
     # float32 key/value cache (type 0): llama.cpp's default float16 one
     # doubles the error on these small logits.
     theirs, ours = llama_cpp_logits(path, type_k=0, type_v=0), last_logits(model)
@@ -496,10 +520,14 @@ def test_transformers_tokenizer_reads_the_vocabulary(oracle):
 
 
 def last_logits(model):
-    """tokens -> our model's logits at the last position."""
+    """tokens -> our model's logits at the last position. Inputs are
+    right-padded to a multiple of 16 tokens, so that a greedy loop reuses
+    a few shapes (JAX compiles each new one)."""
     def logits(tokens):
-        ids = np.asarray([tokens], "int32")
-        return logits_of(model, ids, np.ones_like(ids, bool))[-1]
+        length = -(-len(tokens) // 16) * 16
+        ids, mask = np.zeros((1, length), "int32"), np.zeros((1, length), bool)
+        ids[0, : len(tokens)], mask[0, : len(tokens)] = tokens, True
+        return logits_of(model, ids, mask)[-1]
 
     return logits
 
@@ -653,8 +681,8 @@ def test_real_gemma3_270m_round_trip(quantization, real, tmp_path):
     read = keras_gemma.GemmaCausalLM.from_preset(path)
     expected, actual = _real_logits(model, prompt), _real_logits(read, prompt)
     error = np.abs(actual - expected).max()
-    greedy_ours = _greedy(lambda t: _real_logits(model, t)[-1], prompt, 10)
-    greedy_read = _greedy(lambda t: _real_logits(read, t)[-1], prompt, 10)
+    greedy_ours = _greedy(last_logits(model), prompt, 10)
+    greedy_read = _greedy(last_logits(read), prompt, 10)
     print(f"\n[gguf export] gemma3_270m {quantization}: {os.path.getsize(path) / 1e6:.0f} MB "
           f"in {seconds:.1f} s; logits max abs error {error:.3g} (largest logit "
           f"{np.abs(expected).max():.3g}); greedy 10 tokens equal: {greedy_ours == greedy_read}")
