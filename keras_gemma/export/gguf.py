@@ -34,14 +34,14 @@ layout is one scale per 32 consecutive inputs, exactly a Q8_0 block, so
 only the scales change (rounded to float16); it cannot be written to the
 float types.
 
-Gemma 4 text models without per-layer embeddings, shared key/value layers
-or experts (the 31B's layout: per-layer head sizes and key/value heads,
-proportional RoPE, keys as values) are written in llama.cpp's ``gemma4``
-layout (``gguf_gemma4.py``), checked against llama.cpp itself; keras_gemma's
-reader does not read that layout back, and the file carries no chat
-template (Gemma 4's Jinja template is not written here). The other Gemma 4
-models are refused: export them with ``--format hf`` and run llama.cpp's
-``convert_hf_to_gguf.py`` on the folder.
+Gemma 4 text models (per-layer head sizes and key/value heads,
+proportional RoPE, keys as values, per-layer embeddings, layers sharing
+keys and values; the E2B, E4B and 31B layouts) are written in llama.cpp's
+``gemma4`` layout (``gguf_gemma4.py``), checked against llama.cpp itself;
+keras_gemma's reader does not read that layout back, and the file carries
+no chat template (Gemma 4's Jinja template is not written here). The expert
+mixture (26B-A4B) is refused: export it with ``--format hf`` and run
+llama.cpp's ``convert_hf_to_gguf.py`` on the folder.
 """
 
 import math
@@ -381,10 +381,9 @@ def _tensor_bytes(weights, ours, conversion, shape, qtype, int8, gguf):
 
     types = gguf.GGMLQuantizationType
     if int8 and conversion in ("kernel", "copy") and len(shape) == 2:
-        levels_path, scales_path = (
-            ("token_embedding/embeddings_int8", "token_embedding/embeddings_scale")
-            if conversion == "copy" else (ours, ours + "_scale")
-        )
+        # Embedding tables keep "<name>_int8" levels, projections "<name>".
+        levels_path = ours + "_int8" if conversion == "copy" else ours
+        scales_path = ours + "_scale"
         rows = shape[0]  # fewer than stored for a trimmed embedding
         levels = np.asarray(ops.convert_to_numpy(weights[levels_path]))[:rows]  # (out, in)
         scales = np.asarray(ops.convert_to_numpy(weights[scales_path]), np.float32)[:rows]

@@ -14,8 +14,14 @@ What llama.cpp's converter (``Gemma4Model``) and loader
   no weight; ``blk.N.layer_output_scale`` is the layer scalar; a full layer
   with keys as values (``attention_k_eq_v``) has no ``attn_v``.
 
-Per-layer embeddings, key/value sharing between layers and the expert
-mixture are refused (their tensors are not written here).
+* per-layer embeddings (E2B, E4B): ``per_layer_token_embd``,
+  ``per_layer_model_proj``, ``per_layer_proj_norm`` and per block
+  ``inp_gate``, ``proj``, ``post_norm``; layers that reuse an earlier
+  layer's keys and values (``attention.shared_kv_layers``) have no key and
+  value tensors, and ``feed_forward_length`` is per layer when the shared
+  ones are twice as wide.
+
+The expert mixture (26B-A4B) is refused: its tensors are not written here.
 """
 
 import numpy as np
@@ -23,8 +29,7 @@ import numpy as np
 from keras_gemma.checkpoints import gguf as gguf_reader
 
 # The Gemma 4 switches GGUF export cannot write yet, and their "off" values.
-UNSUPPORTED = {"per_layer_input_dim": 0, "num_kv_shared_layers": 0, "num_experts": None,
-               "use_double_wide_mlp": False}
+UNSUPPORTED = {"num_experts": None, "rope_scaling_factor": 1.0}
 
 
 def check_supported(config):
@@ -32,48 +37,60 @@ def check_supported(config):
     if found:
         raise ValueError(
             "GGUF cannot express this Gemma 4 model yet: keras_gemma writes "
-            "dense Gemma 4 (the 31B's layout) but not "
-            f"{', '.join(found)} (per-layer embeddings, shared key/value "
-            "layers, experts). Export it with --format hf (a Hugging Face "
-            "folder) and convert that with llama.cpp's convert_hf_to_gguf.py."
+            "dense Gemma 4 (E2B, E4B, 31B layouts) but not "
+            f"{', '.join(found)} (the expert mixture, RoPE scaling). Export it "
+            "with --format hf (a Hugging Face folder) and convert that with "
+            "llama.cpp's convert_hf_to_gguf.py."
         )
+    # llama.cpp: a shared sliding layer reuses the keys and values of layer
+    # first_shared - 2, a shared full layer those of first_shared - 1.
+    specs = _specs(config)
+    first_shared = config["num_layers"] - (config.get("num_kv_shared_layers") or 0)
+    for spec in specs[first_shared:]:
+        expected = first_shared - (2 if spec.sliding else 1)
+        if spec.kv_source != expected:
+            raise ValueError(
+                f"GGUF cannot express this Gemma 4 model: its layer {spec.index} "
+                f"reuses the keys and values of layer {spec.kv_source}, but "
+                f"llama.cpp takes those of layer {expected} (it needs the last "
+                "layer before the shared ones to be a full-attention layer and "
+                "the one before it a sliding one, as in E2B and E4B). Use "
+                "--format hf for this model."
+            )
 
 
-def _full_layers(config):
-    return [kind == "full_attention" for kind in config["layer_types"]]
+def _specs(config):
+    from keras_gemma.layer_specs import layer_specs
 
-
-def _head_dims(config):
-    """(sliding head size, full head size)."""
-    return config["head_dim"], config.get("global_head_dim") or config["head_dim"]
+    return layer_specs(config)
 
 
 def metadata(config):
     """The ``gemma4.*`` keys (Python values; lists become GGUF arrays)."""
     prefix = "gemma4."
-    full = _full_layers(config)
-    local_dim, full_dim = _head_dims(config)
-    kv_heads = config["num_key_value_heads"]
-    full_kv_heads = config.get("num_global_key_value_heads") or kv_heads
+    specs = _specs(config)
+    local = [spec for spec in specs if spec.sliding]
+    full = [spec for spec in specs if not spec.sliding]
+    local_dim = local[0].head_dim if local else config["head_dim"]
+    full_dim = full[0].head_dim if full else local_dim
+    kv_heads = [spec.num_key_value_heads for spec in specs]
+    widths = [spec.intermediate_dim for spec in specs]
     values = {
         prefix + "context_length": 131_072,
         prefix + "embedding_length": config["hidden_dim"],
         prefix + "block_count": config["num_layers"],
-        prefix + "feed_forward_length": config["intermediate_dim"],
+        prefix + "feed_forward_length": widths[0] if len(set(widths)) == 1 else widths,
         prefix + "attention.head_count": config["num_query_heads"],
-        prefix + "attention.head_count_kv": (
-            kv_heads if full_kv_heads == kv_heads
-            else [full_kv_heads if f else kv_heads for f in full]
-        ),
+        prefix + "attention.head_count_kv": kv_heads[0] if len(set(kv_heads)) == 1 else kv_heads,
         prefix + "attention.layer_norm_rms_epsilon": float(config["layer_norm_epsilon"]),
         prefix + "attention.key_length": full_dim,
         prefix + "attention.value_length": full_dim,
         prefix + "attention.key_length_swa": local_dim,
         prefix + "attention.value_length_swa": local_dim,
         prefix + "attention.sliding_window": config["sliding_window_size"],
-        prefix + "attention.sliding_window_pattern": [not f for f in full],
-        prefix + "attention.shared_kv_layers": 0,
-        prefix + "embedding_length_per_layer_input": 0,
+        prefix + "attention.sliding_window_pattern": [spec.sliding for spec in specs],
+        prefix + "attention.shared_kv_layers": config.get("num_kv_shared_layers") or 0,
+        prefix + "embedding_length_per_layer_input": config.get("per_layer_input_dim") or 0,
         prefix + "rope.freq_base": float(config["rope_max_wavelength"]),
         prefix + "rope.freq_base_swa": float(
             config["local_rope_max_wavelength"] or config["rope_max_wavelength"]
@@ -92,19 +109,28 @@ def expected_tensors(config):
     conversions "copy" for norms (stored as is), "scalar" for the layer
     scalar and "rope_freqs" for the generated frequency factors."""
     hidden = config["hidden_dim"]
-    local_dim, full_dim = _head_dims(config)
-    kv_heads = config["num_key_value_heads"]
-    full_kv_heads = config.get("num_global_key_value_heads") or kv_heads
+    specs = _specs(config)
+    full_dim = next((spec.head_dim for spec in specs if not spec.sliding), config["head_dim"])
     names = {ours: name for name, (ours, _) in gguf_reader._BLOCK_TENSORS.items()}
     tensors = {
         "token_embd.weight": ("token_embedding/embeddings", (config["vocabulary_size"], hidden), "copy"),
         "output_norm.weight": ("final_norm/scale", (hidden,), "copy"),
         "rope_freqs.weight": (None, (full_dim // 2,), "rope_freqs"),
     }
-    ff = config["intermediate_dim"]
-    for i, full in enumerate(_full_layers(config)):
-        head_dim = full_dim if full else local_dim
-        keys = (full_kv_heads if full else kv_heads) * head_dim
+    per_layer = config.get("per_layer_input_dim") or 0
+    if per_layer:
+        width = per_layer * config["num_layers"]
+        tensors.update({
+            # Rows trimmed to the vocabulary, as the main embedding's.
+            "per_layer_token_embd.weight": (
+                "per_layer_embedding/token_embedding/embeddings",
+                (config["vocabulary_size"], width), "copy"),
+            "per_layer_model_proj.weight": ("per_layer_embedding/projection/kernel", (width, hidden), "kernel"),
+            "per_layer_proj_norm.weight": ("per_layer_embedding/projection_norm/scale", (per_layer,), "copy"),
+        })
+    for spec in specs:
+        i, head_dim, ff = spec.index, spec.head_dim, spec.intermediate_dim
+        keys = spec.num_key_value_heads * head_dim
         queries = config["num_query_heads"] * head_dim
         shapes = {
             "pre_attention_norm/scale": (hidden,),
@@ -121,11 +147,21 @@ def expected_tensors(config):
             "feedforward_down/kernel": (hidden, ff),
             "post_feedforward_norm/scale": (hidden,),
         }
-        if full and config.get("attention_k_eq_v"):
+        if spec.kv_source is not None:  # reuses an earlier layer's keys and values
+            for ours in ("attention/key/kernel", "attention/value/kernel", "attention/key_norm/scale"):
+                del shapes[ours]
+        elif spec.value_from_key:
             del shapes["attention/value/kernel"]  # llama.cpp uses the keys
         for ours, shape in shapes.items():
             conversion = "kernel" if ours.endswith("kernel") else "copy"
             tensors[f"blk.{i}.{names[ours]}.weight"] = (f"decoder_block_{i}/{ours}", shape, conversion)
+        if per_layer:
+            prefix = f"decoder_block_{i}/"
+            tensors.update({
+                f"blk.{i}.inp_gate.weight": (prefix + "per_layer_input_gate/kernel", (per_layer, hidden), "kernel"),
+                f"blk.{i}.proj.weight": (prefix + "per_layer_projection/kernel", (hidden, per_layer), "kernel"),
+                f"blk.{i}.post_norm.weight": (prefix + "post_per_layer_input_norm/scale", (hidden,), "copy"),
+            })
         if config.get("use_layer_scalar"):
             tensors[f"blk.{i}.layer_output_scale.weight"] = (f"decoder_block_{i}/layer_scalar", (1,), "scalar")
     return tensors
@@ -134,6 +170,6 @@ def expected_tensors(config):
 def rope_freqs(config):
     """Frequency factors of the full layers' proportional RoPE: the first
     ``head * factor / 2`` pairs rotate, the others get 1e30 (no rotation)."""
-    _, full_dim = _head_dims(config)
+    full_dim = next((spec.head_dim for spec in _specs(config) if not spec.sliding), config["head_dim"])
     rotated = int(full_dim * config.get("rope_partial_rotary_factor", 1.0) / 2)
     return np.asarray([1.0] * rotated + [1e30] * (full_dim // 2 - rotated), np.float32)
