@@ -482,11 +482,21 @@ def gemma4_variant(variant, folder):
     return model, exporter.export_gguf(model, folder / f"{variant}.gguf", "f32", progress=False)
 
 
-@pytest.mark.parametrize("variant", ["dense", *GEMMA4_VARIANTS])
+@pytest.mark.parametrize("variant", ["dense", "experts", *GEMMA4_VARIANTS])
 def test_llama_cpp_runs_the_gemma4_export(variant, gemma4, tmp_path):
-    model, path = gemma4 if variant == "dense" else gemma4_variant(variant, tmp_path)
+    if variant == "dense":
+        model, path = gemma4
+    elif variant == "experts":  # top-2 of 8 experts beside the dense MLP
+        model = keras_gemma.GemmaCausalLM.from_preset(str(TESTS_DIR / "data" / "hf_tiny_gemma4_moe"))
+        path = exporter.export_gguf(model, tmp_path / "moe.gguf", "f32", progress=False)
+    else:
+        model, path = gemma4_variant(variant, tmp_path)
     _, reader = fields_of(path)
     names = {t.name for t in reader.tensors}
+    if variant == "experts":
+        types = {t.name: t.tensor_type for t in reader.tensors}
+        assert [int(n) for n in next(t for t in reader.tensors if t.name == "blk.0.ffn_down_exps.weight").shape] == [12, 32, 8]
+        assert types["blk.0.ffn_gate_inp.weight"] == Q.F32
     if variant == "keys_as_values":
         assert "blk.5.attn_v.weight" not in names and "blk.4.attn_v.weight" in names
     if variant == "per_layer_embeddings":  # shared layers have no keys
@@ -624,14 +634,11 @@ def test_int8_to_a_float_type_is_refused(tmp_path, exported):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("name, message", [
-    ("moe", "GGUF cannot express this Gemma 4 model yet.*num_experts.*--format hf"),
+def test_gemma4_llama_cpp_cannot_run_is_refused(tmp_path):
     # Its last non-shared layer is sliding: llama.cpp would share the wrong one.
-    ("ple", "layer 6 reuses the keys and values of layer 5, but llama.cpp takes those of layer 4"),
-])
-def test_gemma4_llama_cpp_cannot_run_is_refused(name, message, tmp_path):
-    model = keras_gemma.GemmaCausalLM.from_preset(str(TESTS_DIR / "data" / f"hf_tiny_gemma4_{name}"))
-    with pytest.raises(ValueError, match=message):
+    model = keras_gemma.GemmaCausalLM.from_preset(str(TESTS_DIR / "data" / "hf_tiny_gemma4_ple"))
+    with pytest.raises(ValueError, match="layer 6 reuses the keys and values of "
+                       "layer 5, but llama.cpp takes those of layer 4"):
         exporter.export_gguf(model, tmp_path / "x.gguf")
     assert not list(tmp_path.iterdir())
 

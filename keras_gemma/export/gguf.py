@@ -36,12 +36,14 @@ float types.
 
 Gemma 4 text models (per-layer head sizes and key/value heads,
 proportional RoPE, keys as values, per-layer embeddings, layers sharing
-keys and values; the E2B, E4B and 31B layouts) are written in llama.cpp's
-``gemma4`` layout (``gguf_gemma4.py``), checked against llama.cpp itself;
-keras_gemma's reader does not read that layout back, and the file carries
-no chat template (Gemma 4's Jinja template is not written here). The expert
-mixture (26B-A4B) is refused: export it with ``--format hf`` and run
-llama.cpp's ``convert_hf_to_gguf.py`` on the folder.
+keys and values, the expert mixture: the E2B, E4B, 26B-A4B and 31B
+layouts) are written in llama.cpp's ``gemma4`` layout (``gguf_gemma4.py``),
+checked against llama.cpp itself; keras_gemma's reader does not read that
+layout back, and the file carries no chat template (Gemma 4's Jinja
+template is not written here). Refused: RoPE scaling, layers sharing keys
+and values in a way llama.cpp's fixed rule does not, and int8 experts;
+export those with ``--format hf`` and run llama.cpp's
+``convert_hf_to_gguf.py`` on the folder.
 """
 
 import math
@@ -67,7 +69,7 @@ def export_gguf(model, destination, quantization=None, overwrite=False, *, progr
     """Writes ``model`` (a ``GemmaCausalLM``) to the GGUF file ``destination``.
 
     Args:
-        model: a ``GemmaCausalLM`` of Gemma 1, 2, 3 or dense 4 (LoRA adapters are
+        model: a ``GemmaCausalLM`` of Gemma 1, 2, 3 or 4 (LoRA adapters are
             merged into the written weights; the model is not changed).
         destination: the ``.gguf`` file to write.
         quantization: ``"f32"``, ``"f16"``, ``"bf16"`` or ``"q8_0"``; by
@@ -89,6 +91,11 @@ def export_gguf(model, destination, quantization=None, overwrite=False, *, progr
     architecture = gguf_architecture(config)
     int8 = bool(getattr(backbone, "is_quantized", False))
     quantization = _resolve_quantization(quantization, backbone, int8)
+    if int8 and architecture == "gemma4" and config.get("num_experts"):
+        raise ValueError(
+            "GGUF export of an int8 expert mixture is not supported; export "
+            "the float model (with quantization='q8_0' if wanted)."
+        )
     if int8 and backbone.lora_config is not None:
         raise ValueError(
             "This int8 model has LoRA adapters, which cannot be merged into "
@@ -349,8 +356,8 @@ def _tensor_plan(table, quantization, gguf):
     plan = []
     for name, (ours, shape, conversion) in table.items():
         qtype = matrix_type
-        if len(shape) == 1:
-            qtype = types.F32  # llama.cpp's converter keeps norms float32.
+        if len(shape) == 1 or ".ffn_gate_inp." in name:
+            qtype = types.F32  # llama.cpp's converter keeps norms and routers float32.
         elif qtype == types.Q8_0 and shape[-1] % _Q8_0_BLOCK:
             qtype = types.F16  # ... and falls back to F16 for odd rows.
         plan.append((name, (ours, conversion), shape, qtype))
@@ -397,6 +404,8 @@ def _tensor_bytes(weights, ours, conversion, shape, qtype, int8, gguf):
         values = values.astype(np.float32)
     if conversion == "kernel":
         values = values.T
+    if conversion == "experts":  # (experts, in, out) -> (experts, out, in)
+        values = np.swapaxes(values, 1, 2)
     if conversion == "copy" and values.ndim == 2:  # the embedding, trimmed to the vocabulary
         values = values[: shape[0]]
     if conversion == "scalar":  # Gemma 4's layer scalar, a 1-value tensor
@@ -415,7 +424,9 @@ def _quantize_rows(values, qtype, gguf):
     so the temporaries stay small next to a 262,144-row embedding."""
     if qtype == gguf.GGMLQuantizationType.F32:
         return np.ascontiguousarray(values, np.float32)
-    rows, columns = values.shape
+    columns = values.shape[-1]
+    values = values.reshape(-1, columns)  # stacked experts: rows of all
+    rows = values.shape[0]
     block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
     row_bytes = columns // block_size * type_size
     result = np.empty((rows, row_bytes), np.uint8)

@@ -1,4 +1,4 @@
-"""Gemma 4 (text, dense) in llama.cpp's ``gemma4`` GGUF layout.
+"""Gemma 4 (text) in llama.cpp's ``gemma4`` GGUF layout.
 
 What llama.cpp's converter (``Gemma4Model``) and loader
 (``llama_model_gemma4``) expect, for the Gemma 4 switches written here:
@@ -12,16 +12,16 @@ What llama.cpp's converter (``Gemma4Model``) and loader
   rotated pairs and 1e30 (no rotation) to the rest;
 * norms multiply by their weight as stored (no ``1 +``); the value norm has
   no weight; ``blk.N.layer_output_scale`` is the layer scalar; a full layer
-  with keys as values (``attention_k_eq_v``) has no ``attn_v``.
-
+  with keys as values (``attention_k_eq_v``) has no ``attn_v``;
 * per-layer embeddings (E2B, E4B): ``per_layer_token_embd``,
   ``per_layer_model_proj``, ``per_layer_proj_norm`` and per block
   ``inp_gate``, ``proj``, ``post_norm``; layers that reuse an earlier
   layer's keys and values (``attention.shared_kv_layers``) have no key and
   value tensors, and ``feed_forward_length`` is per layer when the shared
-  ones are twice as wide.
-
-The expert mixture (26B-A4B) is refused: its tensors are not written here.
+  ones are twice as wide;
+* the expert mixture (26B-A4B): router ``ffn_gate_inp`` (+ ``.scale``),
+  stacked ``ffn_{gate,up,down}_exps`` and the per-expert ``ffn_down_exps.
+  scale``, with the norms around the dense MLP and the experts.
 """
 
 import numpy as np
@@ -29,7 +29,7 @@ import numpy as np
 from keras_gemma.checkpoints import gguf as gguf_reader
 
 # The Gemma 4 switches GGUF export cannot write yet, and their "off" values.
-UNSUPPORTED = {"num_experts": None, "rope_scaling_factor": 1.0}
+UNSUPPORTED = {"rope_scaling_factor": 1.0}
 
 
 def check_supported(config):
@@ -38,7 +38,7 @@ def check_supported(config):
         raise ValueError(
             "GGUF cannot express this Gemma 4 model yet: keras_gemma writes "
             "dense Gemma 4 (E2B, E4B, 31B layouts) but not "
-            f"{', '.join(found)} (the expert mixture, RoPE scaling). Export it "
+            f"{', '.join(found)} (RoPE scaling). Export it "
             "with --format hf (a Hugging Face folder) and convert that with "
             "llama.cpp's convert_hf_to_gguf.py."
         )
@@ -100,6 +100,10 @@ def metadata(config):
     }
     if config["final_logit_soft_cap"] is not None:
         values[prefix + "final_logit_softcapping"] = float(config["final_logit_soft_cap"])
+    if config.get("num_experts"):
+        values[prefix + "expert_count"] = config["num_experts"]
+        values[prefix + "expert_used_count"] = config["num_experts_per_token"]
+        values[prefix + "expert_feed_forward_length"] = config["expert_intermediate_dim"]
     return values
 
 
@@ -155,6 +159,8 @@ def expected_tensors(config):
         for ours, shape in shapes.items():
             conversion = "kernel" if ours.endswith("kernel") else "copy"
             tensors[f"blk.{i}.{names[ours]}.weight"] = (f"decoder_block_{i}/{ours}", shape, conversion)
+        if config.get("num_experts"):
+            tensors.update(_expert_tensors(config, i))
         if per_layer:
             prefix = f"decoder_block_{i}/"
             tensors.update({
@@ -165,6 +171,29 @@ def expected_tensors(config):
         if config.get("use_layer_scalar"):
             tensors[f"blk.{i}.layer_output_scale.weight"] = (f"decoder_block_{i}/layer_scalar", (1,), "scalar")
     return tensors
+
+
+def _expert_tensors(config, i):
+    """Block ``i``'s expert mixture (26B-A4B), beside its dense MLP: llama.cpp
+    normalizes the dense output with ``post_ffw_norm_1``, the experts' input
+    and output with ``pre_ffw_norm_2`` / ``post_ffw_norm_2``, and scores the
+    experts from the norm of the residual stream times ``ffn_gate_inp.scale``.
+    Conversion "experts" swaps the last two axes ((experts, in, out) -> the
+    file's (experts, out, in))."""
+    hidden, experts = config["hidden_dim"], config["num_experts"]
+    width = config["expert_intermediate_dim"]
+    prefix, block = f"decoder_block_{i}/", f"blk.{i}."
+    return {
+        block + "post_ffw_norm_1.weight": (prefix + "post_dense_feedforward_norm/scale", (hidden,), "copy"),
+        block + "pre_ffw_norm_2.weight": (prefix + "experts/pre_norm/scale", (hidden,), "copy"),
+        block + "post_ffw_norm_2.weight": (prefix + "experts/post_norm/scale", (hidden,), "copy"),
+        block + "ffn_gate_inp.weight": (prefix + "experts/router/kernel", (experts, hidden), "kernel"),
+        block + "ffn_gate_inp.scale": (prefix + "experts/router_scale", (hidden,), "copy"),
+        block + "ffn_gate_exps.weight": (prefix + "experts/gate/kernel", (experts, width, hidden), "experts"),
+        block + "ffn_up_exps.weight": (prefix + "experts/up/kernel", (experts, width, hidden), "experts"),
+        block + "ffn_down_exps.weight": (prefix + "experts/down/kernel", (experts, hidden, width), "experts"),
+        block + "ffn_down_exps.scale": (prefix + "experts/per_expert_scale", (experts,), "copy"),
+    }
 
 
 def rope_freqs(config):
