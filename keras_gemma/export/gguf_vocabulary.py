@@ -1,0 +1,152 @@
+"""The vocabulary and chat template of a GGUF export, as llama.cpp's
+converter stores a Gemma SentencePiece tokenizer.
+
+``vocabulary_metadata(proto)`` gives the ``tokenizer.ggml.*`` keys for a
+serialized SentencePiece model: pieces, scores and token types
+(``tokenizer.ggml.model`` "llama"), the special ids, and the add-bos /
+add-eos flags. The reverse of ``keras_gemma.checkpoints.gguf.
+build_tokenizer_proto``: Hugging Face's special tokens become CONTROL and
+the other user-defined pieces keep USER_DEFINED with "▁" written as a space,
+which that reader undoes.
+"""
+
+import numpy as np
+
+from keras_gemma.checkpoints import sentencepiece_proto as spm
+
+# Vocabulary pieces Hugging Face marks special, which llama.cpp's converter
+# stores as CONTROL (matched in text only when asked to); the other
+# user-defined pieces (runs of spaces, "[multimodal]", HTML tags) stay
+# USER_DEFINED, written with real spaces.
+_CONTROL_PIECES = ("<mask>", "<start_of_turn>", "<end_of_turn>", "[@BOS@]")
+
+# Gemma 1-3's chat format as a Jinja template (the one Hugging Face's Gemma 3
+# tokenizer_config.json carries, for string contents), which llama.cpp and
+# ollama render. keras_gemma.chat.chat_template is the same format in Python.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- set role = 'model' -%}"
+    "{%- else -%}"
+    "{%- set role = message['role'] -%}"
+    "{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<start_of_turn>model\\n' }}"
+    "{%- endif -%}"
+)
+
+
+
+def vocabulary_metadata(proto):
+    """``tokenizer.ggml.*`` keys for a serialized SentencePiece model, as
+    llama.cpp's converter stores Gemma's vocabulary."""
+    pieces = _proto_pieces(proto)
+    special = {spm.CONTROL: [], spm.UNKNOWN: []}
+    tokens, scores, types = [], [], []
+    for index, (piece, score, piece_type) in enumerate(pieces):
+        if piece_type in special:
+            special[piece_type].append(index)
+        if piece_type == spm.USER_DEFINED:
+            if piece in _CONTROL_PIECES or (piece.startswith("<unused") and piece.endswith(">")):
+                piece_type = spm.CONTROL
+            else:
+                piece = piece.replace("\u2581", " ")
+        elif piece_type == spm.UNKNOWN:
+            piece_type = spm.CONTROL  # as Hugging Face's special <unk>
+        tokens.append(piece)
+        scores.append(score)
+        types.append(piece_type)
+    ids = {piece: index for index, (piece, _, _) in enumerate(pieces)}
+    metadata = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": np.asarray(scores, np.float32),
+        "tokenizer.ggml.token_type": np.asarray(types, np.int32),
+    }
+    if not special[spm.UNKNOWN]:
+        raise ValueError("The tokenizer has no unknown piece; llama.cpp needs one.")
+    metadata["tokenizer.ggml.unknown_token_id"] = special[spm.UNKNOWN][0]
+    for key, piece in (("bos_token_id", "<bos>"), ("eos_token_id", "<eos>"),
+                       ("padding_token_id", "<pad>")):
+        if piece in ids:
+            metadata[f"tokenizer.ggml.{key}"] = ids[piece]
+    metadata["tokenizer.ggml.add_bos_token"] = True
+    metadata["tokenizer.ggml.add_sep_token"] = False
+    metadata["tokenizer.ggml.add_eos_token"] = False
+    metadata["tokenizer.ggml.add_space_prefix"] = False
+    return metadata
+
+
+def _proto_pieces(proto):
+    """[(piece, score, type)] of a serialized SentencePiece ``ModelProto``.
+
+    Reads field 1 (``pieces``: 1 piece, 2 score, 3 type) of the protobuf
+    wire format, so no protobuf library is needed.
+    """
+    pieces = []
+    for number, value in _fields(proto):
+        if number != 1:
+            continue
+        piece, score, piece_type = "", 0.0, spm.NORMAL
+        for field, inner in _fields(value):
+            if field == 1:
+                piece = inner.decode("utf-8")
+            elif field == 2:
+                score = float(np.frombuffer(inner, "<f4")[0])
+            elif field == 3:
+                piece_type = inner
+        pieces.append((piece, score, piece_type))
+    if not pieces:
+        raise ValueError("The tokenizer's SentencePiece model has no pieces.")
+    return pieces
+
+
+def _fields(data):
+    """Yields (field number, value) of protobuf bytes: ints for varints,
+    bytes for length-delimited and fixed32 fields."""
+    position = 0
+    while position < len(data):
+        key, position = _varint(data, position)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, position = _varint(data, position)
+        elif wire == 2:
+            length, position = _varint(data, position)
+            value = bytes(data[position : position + length])
+            position += length
+        elif wire == 5:
+            value = bytes(data[position : position + 4])
+            position += 4
+        elif wire == 1:
+            value = bytes(data[position : position + 8])
+            position += 8
+        else:
+            raise ValueError(f"Unreadable SentencePiece model (wire type {wire}).")
+        yield number, value
+
+
+def _varint(data, position):
+    result = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, position
+        shift += 7
