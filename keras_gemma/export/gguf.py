@@ -58,6 +58,7 @@ from keras_gemma.export.files import check_destination, staged_file
 from keras_gemma.export.gguf_vocabulary import GEMMA_CHAT_TEMPLATE, vocabulary_metadata
 
 QUANTIZATIONS = ("f32", "f16", "bf16", "q8_0")
+DESTINATION = "file"  # for keras-gemma export: refuse a folder path
 _Q8_0_BLOCK = 32
 
 # What llama.cpp's converter stores when the config does not say: Gemma 1

@@ -46,6 +46,7 @@ from keras_gemma.export.traced import check_traceable
 # no Keras (nor TensorFlow, PyTorch) until an export runs.
 REQUIRED_BACKEND = "torch"
 SUFFIX = ".pt2"
+DESTINATION = "file"  # for keras-gemma export: refuse a folder path
 # Shapes traced with; the dimensions stay dynamic. Not 1: torch.export
 # specializes a dimension traced at size 1 to a constant.
 _EXAMPLE_BATCH, _EXAMPLE_LENGTH = 2, 8
