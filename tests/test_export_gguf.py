@@ -34,7 +34,7 @@ from keras_gemma.checkpoints import gguf as gguf_reader  # noqa: E402
 from keras_gemma.export import export  # noqa: E402
 from keras_gemma.export import gguf as exporter  # noqa: E402
 from keras_gemma.export.files import float_weights  # noqa: E402
-from keras_gemma.export.gguf_vocabulary import GEMMA_CHAT_TEMPLATE  # noqa: E402
+from keras_gemma.export.chat_templates import CHAT_TEMPLATES, GEMMA_CHAT_TEMPLATE  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 ARCHITECTURES = tuple(EXPORT_CONFIGS)
@@ -371,7 +371,8 @@ def test_vocabulary_as_llama_cpp_stores_it(exported):
     )
 
 
-def test_chat_template_renders_our_chat_format():
+def render_with_jinja(template_text, **context):
+    """Renders a chat template as transformers and llama-cpp-python do."""
     jinja2 = pytest.importorskip("jinja2")
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -379,7 +380,11 @@ def test_chat_template_renders_our_chat_format():
         raise jinja2.exceptions.TemplateError(message)
 
     environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    template = environment.from_string(GEMMA_CHAT_TEMPLATE)
+    return environment.from_string(template_text).render(
+        raise_exception=raise_exception, **context)
+
+
+def test_chat_template_renders_our_chat_format():
     conversations = [
         ([{"role": "user", "content": "knock knock"}], True),
         ([{"role": "system", "content": "Be brief."},
@@ -389,8 +394,8 @@ def test_chat_template_renders_our_chat_format():
         ([{"role": "user", "content": "a"}, {"role": "model", "content": "b"}], False),
     ]
     for messages, prompt in conversations:
-        rendered = template.render(messages=messages, add_generation_prompt=prompt,
-                                   bos_token="<bos>", raise_exception=raise_exception)
+        rendered = render_with_jinja(GEMMA_CHAT_TEMPLATE, messages=messages,
+                                     add_generation_prompt=prompt, bos_token="<bos>")
         assert rendered == "<bos>" + keras_gemma.chat_template(
             messages, add_generation_prompt=prompt
         )
@@ -437,6 +442,17 @@ def test_gemma4_metadata_and_tensors(gemma4):
     }
     for key, value in expected.items():
         assert fields[key] == value, key
+    # The chat format of the tokenizer's family (this tiny model has Gemma 3's
+    # vocabulary; tests/test_export_hf.py renders the Gemma 4 template, the
+    # same text, with transformers), rendered as llama-cpp-python does.
+    family = keras_gemma.chat.chat_family(model.preprocessor.tokenizer)
+    assert fields["tokenizer.chat_template"] == CHAT_TEMPLATES[family]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "<|channel>thought\nhm<channel|>Hello!"},
+                {"role": "user", "content": " Bye\n"}]
+    rendered = render_with_jinja(fields["tokenizer.chat_template"], messages=messages,
+                                 add_generation_prompt=True, bos_token="<bos>")
+    assert rendered == "<bos>" + keras_gemma.chat_template(messages, family=family)
     tensors = {t.name: t for t in reader.tensors}
     # Proportional RoPE on half the full head: 6 of its 12 pairs rotate.
     np.testing.assert_array_equal(np.asarray(tensors["rope_freqs.weight"].data),

@@ -55,7 +55,8 @@ import numpy as np
 from keras_gemma.checkpoints import gguf as gguf_reader
 from keras_gemma.export import gguf_gemma4
 from keras_gemma.export.files import check_destination, staged_file
-from keras_gemma.export.gguf_vocabulary import GEMMA_CHAT_TEMPLATE, vocabulary_metadata
+from keras_gemma.export.chat_templates import chat_template_for
+from keras_gemma.export.gguf_vocabulary import vocabulary_metadata
 
 QUANTIZATIONS = ("f32", "f16", "bf16", "q8_0")
 DESTINATION = "file"  # for keras-gemma export: refuse a folder path
@@ -125,12 +126,10 @@ def export_gguf(model, destination, quantization=None, overwrite=False, *, progr
     config = {**config, "vocabulary_size": pieces}
     metadata = model_metadata(config, architecture, quantization, Path(destination).stem)
     metadata.update(vocabulary)
+    metadata["tokenizer.chat_template"] = chat_template_for(tokenizer)
     if architecture == "gemma4":
         table = gguf_gemma4.expected_tensors(config)
     else:
-        # Gemma 4's Jinja template (thinking, tools) is not written: llama.cpp
-        # then formats chats itself.
-        metadata["tokenizer.chat_template"] = GEMMA_CHAT_TEMPLATE
         check_expressible(config, architecture, metadata)
         table = gguf_reader.expected_tensors(config)
 

@@ -1,4 +1,4 @@
-"""The vocabulary and chat template of a GGUF export, as llama.cpp's
+"""The vocabulary of a GGUF export, as llama.cpp's
 converter stores a Gemma SentencePiece tokenizer.
 
 ``vocabulary_metadata(proto)`` gives the ``tokenizer.ggml.*`` keys for a
@@ -20,35 +20,6 @@ from keras_gemma.checkpoints import sentencepiece_proto as spm
 # USER_DEFINED, written with real spaces.
 _CONTROL_PIECES = ("<mask>", "<start_of_turn>", "<end_of_turn>", "[@BOS@]")
 
-# Gemma 1-3's chat format as a Jinja template (the one Hugging Face's Gemma 3
-# tokenizer_config.json carries, for string contents), which llama.cpp and
-# ollama render. keras_gemma.chat.chat_template is the same format in Python.
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set first_user_prefix = '' -%}"
-    "{%- set loop_messages = messages -%}"
-    "{%- endif -%}"
-    "{%- for message in loop_messages -%}"
-    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{%- endif -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{%- set role = 'model' -%}"
-    "{%- else -%}"
-    "{%- set role = message['role'] -%}"
-    "{%- endif -%}"
-    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
-    "{{ message['content'] | trim }}"
-    "{{ '<end_of_turn>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{ '<start_of_turn>model\\n' }}"
-    "{%- endif -%}"
-)
 
 
 

@@ -11,65 +11,10 @@ The chat templates are Jinja versions of ``keras_gemma.chat.chat_template``
 (string contents), starting with ``bos_token`` as transformers' templates do.
 """
 
-from keras_gemma import chat
 from keras_gemma.checkpoints.tokenizer_json import tokenizer_json_from_proto
 from keras_gemma.export import files
+from keras_gemma.export.chat_templates import chat_template_for
 
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set first_user_prefix = '' -%}"
-    "{%- set loop_messages = messages -%}"
-    "{%- endif -%}"
-    "{%- for message in loop_messages -%}"
-    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-    "{%- endif -%}"
-    "{%- set role = 'model' if message['role'] in ('assistant', 'model') else message['role'] -%}"
-    "{{ '" + chat.START_OF_TURN + "' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
-    "{{ message['content'] | trim }}"
-    "{{ '" + chat.END_OF_TURN + "\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{ '" + chat.START_OF_TURN + "model\\n' }}"
-    "{%- endif -%}"
-)
-
-_G4_START, _G4_END = chat.GEMMA4_START_OF_TURN, chat.GEMMA4_END_OF_TURN
-GEMMA4_CHAT_TEMPLATE = (
-    "{%- macro strip_thinking(text) -%}"
-    "{%- set ns = namespace(kept='') -%}"
-    "{%- for part in text.split('" + chat.END_OF_CHANNEL + "') -%}"
-    "{%- set ns.kept = ns.kept + part.split('" + chat.START_OF_CHANNEL + "')[0] -%}"
-    "{%- endfor -%}"
-    "{{- ns.kept | trim -}}"
-    "{%- endmacro -%}"
-    "{{ bos_token }}"
-    "{%- set loop_messages = messages -%}"
-    "{%- if messages[0]['role'] == 'system' or enable_thinking -%}"
-    "{{ '" + _G4_START + "system\\n' }}"
-    "{%- if enable_thinking -%}{{ '" + chat.THINK + "\\n' }}{%- endif -%}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{{ messages[0]['content'] | trim }}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- endif -%}"
-    "{{ '" + _G4_END + "\\n' }}"
-    "{%- endif -%}"
-    "{%- for message in loop_messages -%}"
-    "{%- set role = 'model' if message['role'] in ('assistant', 'model') else message['role'] -%}"
-    "{{ '" + _G4_START + "' + role + '\\n' }}"
-    "{%- if role == 'model' -%}{{ strip_thinking(message['content']) }}"
-    "{%- else -%}{{ message['content'] | trim }}{%- endif -%}"
-    "{{ '" + _G4_END + "\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{ '" + _G4_START + "model\\n' }}"
-    "{%- endif -%}"
-)
-CHAT_TEMPLATES = {"gemma": GEMMA_CHAT_TEMPLATE, "gemma4": GEMMA4_CHAT_TEMPLATE}
 
 
 def write_tokenizer_files(folder, tokenizer, model_max_length):
@@ -78,7 +23,7 @@ def write_tokenizer_files(folder, tokenizer, model_max_length):
     fast = tokenizer_json_from_proto(tokenizer.proto)
     if fast is not None:
         files.write_json(folder / "tokenizer.json", fast)
-    template = CHAT_TEMPLATES[chat.chat_family(tokenizer)]
+    template = chat_template_for(tokenizer)
     (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
     specials = {
         f"{role}_token": getattr(tokenizer, f"{role}_token")
