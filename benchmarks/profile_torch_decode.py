@@ -13,7 +13,7 @@ time into the buckets of benchmarks/README.md's profile table:
 Only the decode loop is profiled (the prompt is prefilled before).
 
     KERAS_BACKEND=torch python benchmarks/profile_torch_decode.py --new 16
-    KERAS_GEMMA_TORCH_DECODE_THREADS=2 python benchmarks/profile_torch_decode.py
+    KERAS_GEMMA_TORCH_THREADS=2 python benchmarks/profile_torch_decode.py
 """
 
 import argparse
@@ -78,7 +78,7 @@ def main():
     from keras_gemma import backend
 
     per_token, split = profile(model, ids, args.new)
-    print(f"{args.dtype}, decode threads {backend.torch_decode_threads()} "
+    print(f"{args.dtype}, threads {backend.torch_inference_threads()} "
           f"(torch {torch.get_num_threads()}), load average {os.getloadavg()[0]:.1f}: "
           f"{per_token * 1e3:.0f} ms per token (under the profiler)")
     for key in ("lm_head", "matmul", "attention", "other", "python_dispatch"):

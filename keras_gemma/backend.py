@@ -67,7 +67,7 @@ def compile_inference(model, function, donate_argnums=()):
     def run_without_grad(*args):
         token = _COMPILE_LOOP_BODIES.set(compile_steps)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _intra_op_threads(torch_inference_threads()):
                 return function(*args)
         finally:
             _COMPILE_LOOP_BODIES.reset(token)
@@ -114,7 +114,6 @@ def while_loop(cond, body, loop_vars):
     ``body`` is compiled with ``torch.compile`` (fused kernels, one call per
     step) and the loop itself stays in Python. ``torch.compile`` caches the
     program by ``body``'s code, so a new closure of the same body reuses it.
-    On PyTorch the loop runs with ``torch_decode_threads()`` intra-op threads.
     """
     if name() != "torch":
         return keras.ops.while_loop(cond, body, loop_vars)
@@ -122,41 +121,52 @@ def while_loop(cond, body, loop_vars):
 
     step = torch.compile(body) if _COMPILE_LOOP_BODIES.get() else body
     loop_vars = tuple(loop_vars)
-    with _intra_op_threads(torch_decode_threads()):
-        while bool(cond(*loop_vars)):
-            loop_vars = tuple(step(*loop_vars))
+    while bool(cond(*loop_vars)):
+        loop_vars = tuple(step(*loop_vars))
     return loop_vars
 
 
-TORCH_DECODE_THREADS_SETTING = "KERAS_GEMMA_TORCH_DECODE_THREADS"
+TORCH_THREADS_SETTING = "KERAS_GEMMA_TORCH_THREADS"
 
 
-def torch_decode_threads():
-    """Intra-op threads for PyTorch decode loops.
+def torch_inference_threads():
+    """Intra-op threads for ``compile_inference`` functions on PyTorch.
 
-    A decode step is ~1,000 small ops; every op that PyTorch splits over
-    threads waits until all its threads run, and on a CPU whose cores are
-    busy (or simply few) that wait costs more than the split saves (2-core
-    machine under load: 170 ms per token with one thread, 1,600 ms with
-    two; see benchmarks/README.md). ``KERAS_GEMMA_TORCH_DECODE_THREADS``: a
-    number, or ``auto`` (the default): half of PyTorch's threads, at least 1.
-    Prefill and everything outside generation keep PyTorch's own setting.
+    Eager generation is ~1,000 small ops per token; every op that PyTorch
+    splits over threads waits until all its threads run, and on a CPU whose
+    cores are busy (or simply few) that wait costs more than the split
+    saves (2-core machine under load: 170 ms per decoded token with one
+    thread, 1,600 ms with two; see benchmarks/README.md).
+    ``KERAS_GEMMA_TORCH_THREADS``: a number, or ``auto`` (the default): half
+    of ``torch.get_num_threads()``, at least 1. Training, ``score`` and
+    everything outside these functions keep PyTorch's own setting.
     """
     import torch
 
-    setting = os.environ.get(TORCH_DECODE_THREADS_SETTING, "auto").strip().lower()
+    setting = os.environ.get(TORCH_THREADS_SETTING, "auto").strip().lower()
     if setting in ("", "auto"):
-        return max(1, torch.get_num_threads() // 2)
+        return max(1, _torch_threads_outside() // 2)
     try:
         threads = int(setting)
     except ValueError:
         threads = 0
     if threads < 1:
         raise ValueError(
-            f"{TORCH_DECODE_THREADS_SETTING}={setting!r}: use a number of threads "
+            f"{TORCH_THREADS_SETTING}={setting!r}: use a number of threads "
             "(1 or more) or auto (half of torch.get_num_threads())."
         )
     return threads
+
+
+_THREADS_OUTSIDE = contextvars.ContextVar("keras_gemma_torch_threads_outside", default=None)
+
+
+def _torch_threads_outside():
+    # Nested compile_inference calls halve the caller's setting, not ours.
+    import torch
+
+    outside = _THREADS_OUTSIDE.get()
+    return torch.get_num_threads() if outside is None else outside
 
 
 @contextlib.contextmanager
@@ -164,14 +174,15 @@ def _intra_op_threads(threads):
     import torch
 
     before = torch.get_num_threads()
-    if threads == before:
-        yield
-        return
-    torch.set_num_threads(threads)
+    token = _THREADS_OUTSIDE.set(_torch_threads_outside())
+    if threads != before:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        if threads != before:
+            torch.set_num_threads(before)
+        _THREADS_OUTSIDE.reset(token)
 
 
 # Rows copied per step when filling a TensorFlow variable from host memory.
