@@ -1,8 +1,9 @@
-"""Generation benchmark: keras_gemma against keras-hub and transformers.
+"""Generation benchmark: keras_gemma against keras-hub, transformers and llama.cpp.
 
 One command measures, on the same weights and the same prompts (token ids),
-for keras_gemma on each Keras backend, keras-hub on the same backend and
-transformers on torch:
+for keras_gemma on each Keras backend, keras-hub on the same backend,
+transformers on torch and llama.cpp (``llama-cpp-python``, when installed;
+see ``llama_cpp_bench.py``):
 
 - load time and peak resident memory while loading,
 - time to first token (a fresh model's first ``generate`` call producing one
@@ -15,7 +16,8 @@ transformers on torch:
   measured read bandwidth / bytes of weights read per decoded token),
 - greedy agreement: every run's continuations of 8 fixed prompts (32 tokens)
   are compared with keras_gemma float32 on the same backend (transformers:
-  with keras_gemma float32 on torch), reporting leading tokens that agree.
+  with keras_gemma float32 on torch; llama.cpp: on JAX), reporting leading
+  tokens that agree.
 
 Each (library, backend, dtype) runs in its own subprocess with a timeout, so
 the Keras backend and peak RSS are per measurement. Results are printed as a
@@ -44,9 +46,12 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import llama_cpp_bench  # noqa: E402  (beside this file)
+
 REPO = HERE.parent
 MARK = "@@BENCH@@ "
-ALL_LIBRARIES = ("keras_gemma", "keras_hub", "transformers")
+ALL_LIBRARIES = ("keras_gemma", "keras_hub", "transformers", "llama_cpp")
 ALL_BACKENDS = ("jax", "tensorflow", "torch")
 ALL_DTYPES = ("float32", "int8", "bfloat16")
 BYTES_PER_WEIGHT = {"float32": 4, "bfloat16": 2, "int8": 1}
@@ -431,7 +436,12 @@ def child_measure(spec):
     sizes, prompts = spec["sizes"], spec["prompts"]
     result = {"library": library, "backend": backend, "dtype": dtype}
     t = time.perf_counter()
-    if library == "transformers":
+    if library == "llama_cpp":
+        import llama_cpp
+
+        result["version"] = llama_cpp.__version__
+        result["dtype_label"] = llama_cpp_bench.label(dtype)
+    elif library == "transformers":
         import torch  # noqa: F401
         import transformers
 
@@ -454,7 +464,10 @@ def child_measure(spec):
 
     t = time.perf_counter()
     try:
-        if library == "keras_gemma":
+        if library == "llama_cpp":
+            runner = llama_cpp_bench.LlamaCppRunner(
+                spec["gguf_file"], max(sizes["prefill"] + 1, sizes["prompt"] + sizes["new"]))
+        elif library == "keras_gemma":
             runner = KerasGemmaRunner(spec["keras_gemma_preset"], dtype)
         elif library == "keras_hub":
             runner = KerasHubRunner(spec["keras_hub_preset"], dtype)
@@ -554,6 +567,8 @@ def child_main(spec_json):
     try:
         if spec["task"] == "prepare":
             result = child_prepare(spec)
+        elif spec["task"] == "prepare_llama_cpp":
+            result = llama_cpp_bench.prepare_files(spec["gguf"], spec["folder"])
         else:
             result = child_measure(spec)
     except Exception:
@@ -573,12 +588,30 @@ def plan_runs(args):
                     runs.append((library, backend, dtype, False))
         if "transformers" in args.libraries:
             runs.append(("transformers", "torch", dtype, False))
+    if "llama_cpp" in args.libraries:
+        runs += [("llama_cpp", "cpu", d, False) for d in llama_cpp_bench.dtypes_for(args.dtypes)]
     if "keras_gemma" in args.libraries and "float32" in args.dtypes and not args.random_weights:
         # keras_gemma's default load reads the GGUF; also time loading the
         # same .h5 preset keras-hub reads, for a like-for-like load figure.
         for backend in args.backends:
             runs.append(("keras_gemma", backend, "float32", True))
     return runs
+
+
+def prepare_llama_cpp(args, shared):
+    """{dtype: GGUF path} for llama.cpp's runs, or a note saying why there are none."""
+    if not llama_cpp_bench.available():
+        return llama_cpp_bench.NOT_INSTALLED
+    if "gguf" not in shared:
+        return "llama.cpp runs the real GGUF; not with --random-weights"
+    spec = {"task": "prepare_llama_cpp", "gguf": shared["gguf"],
+            "folder": str(cache_dir(args) / "llama_cpp")}
+    log("requantizing the GGUF with llama.cpp (F32, Q8_0; once) ...")
+    files = run_child(spec, backend="jax", timeout=args.timeout_prepare)
+    if files.get("status") == "error":
+        raise SystemExit(f"llama.cpp requantization failed:\n{files['error']}")
+    files.pop("wall_s", None)
+    return files
 
 
 def leading_agreement(a, b):
@@ -600,7 +633,9 @@ def add_agreement(results, sizes):
         if r.get("status") != "ok" or "agree_tokens" not in r:
             continue
         ref_backend = r["backend"]
-        if r["library"] == "transformers" and "torch" not in refs and refs:
+        if r["library"] == "llama_cpp":
+            ref_backend = "jax" if "jax" in refs else min(refs, default=None)
+        elif r["library"] == "transformers" and "torch" not in refs and refs:
             ref_backend = sorted(refs)[0]  # keras_gemma float32 on another backend
         ref = refs.get(ref_backend)
         if ref is None or ref is r:
@@ -635,7 +670,7 @@ def table(results, bandwidth, sizes):
     rows = []
     for r in results:
         name = r["library"] + (" (.h5)" if r.get("load_only") else "")
-        row = [name, r["backend"], r["dtype"]]
+        row = [name, r["backend"], r.get("dtype_label", r["dtype"])]
         if r.get("status") != "ok":
             why = r.get("status", "error")
             if why == "not available":
@@ -675,12 +710,13 @@ def ratios(results):
     for (library, backend, dtype), ours in sorted(ok.items()):
         if library != "keras_gemma":
             continue
-        for other_key in (("keras_hub", backend, dtype), ("transformers", "torch", dtype)):
+        for other_key in (("keras_hub", backend, dtype), ("transformers", "torch", dtype),
+                          ("llama_cpp", "cpu", dtype)):
             other = ok.get(other_key)
             if other is None:
                 continue
             entry = {"ours": f"keras_gemma/{backend}/{dtype}",
-                     "other": "/".join(other_key)}
+                     "other": "/".join(other_key[:2] + (other.get("dtype_label", dtype),))}
             for key, label, lower_better in METRICS:
                 if key in ours and key in other and ours[key] and other[key]:
                     entry[label] = (other[key] / ours[key]) if lower_better else (ours[key] / other[key])
@@ -821,14 +857,26 @@ def main(argv=None):
         "runs": [],
     }
     results = report["runs"]
-    for library, backend, dtype, load_only in plan_runs(args):
+    runs = plan_runs(args)
+    gguf_files = prepare_llama_cpp(args, shared) if any(r[0] == "llama_cpp" for r in runs) else {}
+    for library, backend, dtype, load_only in runs:
         spec = dict(spec_base, library=library, backend=backend, dtype=dtype,
                     load_only=load_only)
         if load_only:
             spec["keras_gemma_preset"] = shared["keras_hub_preset"]
         label = f"{library}{' (.h5 load only)' if load_only else ''} / {backend} / {dtype}"
+        if library == "llama_cpp":
+            if isinstance(gguf_files, str):  # why llama.cpp cannot run
+                log(f"skipping {label}: {gguf_files}")
+                results.append({"library": library, "backend": backend, "dtype": dtype,
+                                "dtype_label": llama_cpp_bench.label(dtype),
+                                "status": "not available", "note": gguf_files})
+                continue
+            spec["gguf_file"] = gguf_files[dtype]
         log(f"running {label} ...")
-        result = run_child(spec, backend=backend, timeout=args.timeout)
+        # llama.cpp's child imports no Keras; any backend name does for its env.
+        result = run_child(spec, backend=backend if backend in ALL_BACKENDS else "jax",
+                           timeout=args.timeout)
         result.update(library=library, backend=backend, dtype=dtype)
         if load_only:
             result["load_only"] = True
@@ -862,7 +910,8 @@ def main(argv=None):
     print()
     print(report.get("table", "(no runs)"))
     print()
-    print("Agreement with keras_gemma float32 on the same backend (transformers: torch), "
+    print("Agreement with keras_gemma float32 on the same backend (transformers: torch; "
+          "llama.cpp: jax), "
           f"leading greedy tokens of {sizes['agree_new']} for {sizes['agree_prompts']} prompts:")
     for r in results:
         a = r.get("agreement")

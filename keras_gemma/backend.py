@@ -5,11 +5,15 @@ exception: Keras has no public "jit this function" API, so this module wraps
 a function with ``jax.jit`` (passing the model's variables as explicit
 arguments, so weights are not baked into the program as constants),
 ``tf.function(jit_compile=True)``, or runs it eagerly under
-``torch.no_grad()``.
+``torch.no_grad()``. On PyTorch the body of a decode loop can be compiled
+with ``torch.compile`` instead (see ``while_loop``), when
+``KERAS_GEMMA_TORCH_COMPILE`` asks for it.
 """
 
 import contextlib
+import contextvars
 import numbers
+import os
 
 import keras
 
@@ -59,11 +63,127 @@ def compile_inference(model, function, donate_argnums=()):
 
     import torch
 
+    compile_steps = torch_compiles(model)
+
     def run_without_grad(*args):
-        with torch.no_grad():
-            return function(*args)
+        token = _COMPILE_LOOP_BODIES.set(compile_steps)
+        try:
+            with torch.no_grad(), _intra_op_threads(torch_inference_threads()):
+                return function(*args)
+        finally:
+            _COMPILE_LOOP_BODIES.reset(token)
 
     return run_without_grad
+
+
+# -- PyTorch: compiled decode steps -------------------------------------------------
+
+TORCH_COMPILE_SETTING = "KERAS_GEMMA_TORCH_COMPILE"
+# "auto" compiles models at least this big: compiling costs minutes on a
+# small CPU, which only a real model's generation pays back; the unit
+# tests' tiny models stay eager.
+TORCH_COMPILE_MIN_PARAMETERS = 100_000_000
+_COMPILE_LOOP_BODIES = contextvars.ContextVar("keras_gemma_compile_loop_bodies", default=False)
+
+
+def torch_compiles(model):
+    """Whether generation on PyTorch compiles ``model``'s decode step.
+
+    ``KERAS_GEMMA_TORCH_COMPILE``: ``0`` (the default: eager), ``1`` (always)
+    or ``auto`` (models of at least 100M parameters).
+    """
+    setting = os.environ.get(TORCH_COMPILE_SETTING, "0").strip().lower()
+    if setting in ("", "0", "off", "false", "no"):
+        return False
+    if setting in ("1", "on", "true", "yes"):
+        return True
+    if setting == "auto":
+        return model.count_params() >= TORCH_COMPILE_MIN_PARAMETERS
+    raise ValueError(
+        f"{TORCH_COMPILE_SETTING}={setting!r}: use 0 (eager), 1 (compile) or auto "
+        f"(compile models of at least {TORCH_COMPILE_MIN_PARAMETERS:,} parameters)."
+    )
+
+
+def while_loop(cond, body, loop_vars):
+    """``keras.ops.while_loop``; on PyTorch, optionally with a compiled body.
+
+    JAX and TensorFlow compile the whole loop with the function around it.
+    Eager PyTorch runs ``body`` op by op, and each op pays Python, dispatch
+    and thread start-up costs (hundreds per decoded token); inside a
+    ``compile_inference`` function of a model that ``torch_compiles``,
+    ``body`` is compiled with ``torch.compile`` (fused kernels, one call per
+    step) and the loop itself stays in Python. ``torch.compile`` caches the
+    program by ``body``'s code, so a new closure of the same body reuses it.
+    """
+    if name() != "torch":
+        return keras.ops.while_loop(cond, body, loop_vars)
+    import torch
+
+    step = torch.compile(body) if _COMPILE_LOOP_BODIES.get() else body
+    loop_vars = tuple(loop_vars)
+    while bool(cond(*loop_vars)):
+        loop_vars = tuple(step(*loop_vars))
+    return loop_vars
+
+
+TORCH_THREADS_SETTING = "KERAS_GEMMA_TORCH_THREADS"
+
+
+def torch_inference_threads():
+    """Intra-op threads for ``compile_inference`` functions on PyTorch.
+
+    Eager generation is ~1,000 small ops per token; every op that PyTorch
+    splits over threads waits until all its threads run, and on a CPU whose
+    cores are busy (or simply few) that wait costs more than the split
+    saves (2-core machine under load: 170 ms per decoded token with one
+    thread, 1,600 ms with two; see benchmarks/README.md).
+    ``KERAS_GEMMA_TORCH_THREADS``: a number, or ``auto`` (the default): half
+    of ``torch.get_num_threads()``, at least 1. Training, ``score`` and
+    everything outside these functions keep PyTorch's own setting.
+    """
+    import torch
+
+    setting = os.environ.get(TORCH_THREADS_SETTING, "auto").strip().lower()
+    if setting in ("", "auto"):
+        return max(1, _torch_threads_outside() // 2)
+    try:
+        threads = int(setting)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(
+            f"{TORCH_THREADS_SETTING}={setting!r}: use a number of threads "
+            "(1 or more) or auto (half of torch.get_num_threads())."
+        )
+    return threads
+
+
+_THREADS_OUTSIDE = contextvars.ContextVar("keras_gemma_torch_threads_outside", default=None)
+
+
+def _torch_threads_outside():
+    # Nested compile_inference calls halve the caller's setting, not ours.
+    import torch
+
+    outside = _THREADS_OUTSIDE.get()
+    return torch.get_num_threads() if outside is None else outside
+
+
+@contextlib.contextmanager
+def _intra_op_threads(threads):
+    import torch
+
+    before = torch.get_num_threads()
+    token = _THREADS_OUTSIDE.set(_torch_threads_outside())
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
+        _THREADS_OUTSIDE.reset(token)
 
 
 # Rows copied per step when filling a TensorFlow variable from host memory.

@@ -570,7 +570,7 @@ class GemmaCausalLM(keras.Model):
                 )
                 return index + 1, token_ids, cache, finished
 
-            index, token_ids, cache, finished = ops.while_loop(
+            index, token_ids, cache, finished = backend.while_loop(
                 cond, body, (index, token_ids, cache, finished)
             )
             return token_ids, cache, finished, index

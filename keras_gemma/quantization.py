@@ -211,6 +211,10 @@ class QuantizableDense(keras.layers.Dense):
     @property
     def kernel(self):
         if not self.is_int8:
+            if not self.lora_enabled and self.quantization_mode is None:
+                # What Dense.kernel returns here, without `super()` on a
+                # property, which torch.compile cannot trace.
+                return self._kernel
             return super().kernel
         kernel = ops.transpose(self._dequantized_transposed_kernel())
         if self.lora_enabled:

@@ -1,0 +1,113 @@
+"""Where a PyTorch decode step's time goes: matmuls, attention, LM head, the rest.
+
+Runs keras_gemma's ``generate`` on PyTorch (the real ``gemma3_270m``, batch 1,
+8-token prompt, greedy) under ``torch.profiler`` and sorts every ATen op's own
+time into the buckets of benchmarks/README.md's profile table:
+
+- LM head: the (rows, hidden) x (hidden, 262,144) matmul,
+- matmuls: the other 2-D matmuls (projections, feed-forward),
+- attention: the batched matmuls and softmax of attention,
+- other ops: every other ATen op (norms, RoPE, masks, casts, cache writes),
+- Python and dispatch: wall time not spent inside any ATen op.
+
+Only the decode loop is profiled (the prompt is prefilled before).
+
+    python benchmarks/profile_torch_decode.py --new 16 --threads 1,2 --batch 1,16
+
+``--threads`` sets ``KERAS_GEMMA_TORCH_THREADS`` for each measurement in
+turn (``auto`` is keras_gemma's default). Batches above 1 are timed without
+the profiler (wall time per decode step only).
+"""
+
+import argparse
+import os
+import time
+
+os.environ["KERAS_BACKEND"] = "torch"
+
+import numpy as np  # noqa: E402
+
+
+def bucket(event):
+    name = event.key
+    shapes = event.input_shapes or []
+    if name in ("aten::mm", "aten::addmm") and shapes and len(shapes[-1]) == 2:
+        return "lm_head" if 262144 in shapes[-1] or 262144 in shapes[0] else "matmul"
+    if name in ("aten::bmm", "aten::_softmax", "aten::baddbmm"):
+        return "attention"
+    return "other"
+
+
+def profile(model, ids, new):
+    """Seconds per decoded token and their split, prefill left out."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    def start():
+        # What generate() does before its decode loop: pad, prefill.
+        token_ids = np.pad(ids, ((0, 0), (0, new)))
+        return model._start_generation(token_ids, token_ids != 0, [], seed=0)
+
+    state = start()
+    model._decode(state, end=state["max_length"])  # warm up
+    state = start()
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        begin = time.perf_counter()
+        model._decode(state, end=state["max_length"])
+        wall = time.perf_counter() - begin
+    steps = state["max_length"] - state["index"]
+    split = {}
+    for event in prof.key_averages(group_by_input_shape=True):
+        key = bucket(event)
+        split[key] = split.get(key, 0.0) + event.self_cpu_time_total / 1e6 / steps
+    per_token = wall / steps
+    split["python_dispatch"] = per_token - sum(split.values())
+    return per_token, split
+
+
+def step_time(model, ids, new):
+    """Wall seconds per decode step (no profiler), prefill left out."""
+    token_ids = np.pad(ids, ((0, 0), (0, new)))
+    for _ in range(2):  # warm up, then timed
+        state = model._start_generation(token_ids, token_ids != 0, [], seed=0)
+        begin = time.perf_counter()
+        model._decode(state, end=state["max_length"])
+        wall = time.perf_counter() - begin
+    return wall / (state["max_length"] - state["index"])
+
+
+def main():
+    import torch
+
+    import keras_gemma
+    from keras_gemma import backend
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--new", type=int, default=16)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "int8"))
+    parser.add_argument("--threads", default="auto", help="comma-separated settings")
+    parser.add_argument("--batch", default="1", help="comma-separated batch sizes")
+    args = parser.parse_args()
+    kwargs = {"quantize": "int8"} if args.dtype == "int8" else {"dtype": args.dtype}
+    model = keras_gemma.GemmaCausalLM.from_preset("gemma3_270m", **kwargs)
+    model.compile(sampler="greedy")
+    prompt = np.array([2, 651, 6037, 529, 7001, 563, 496, 3207], "int32")
+    for batch in [int(b) for b in args.batch.split(",")]:
+        ids = np.tile(prompt, (batch, 1))
+        for threads in args.threads.split(","):
+            os.environ[backend.TORCH_THREADS_SETTING] = threads
+            used = backend.torch_inference_threads()
+            head = (f"{args.dtype}, batch {batch}, {used} thread(s) (torch {torch.get_num_threads()}), "
+                    f"load average {os.getloadavg()[0]:.1f}:")
+            if batch > 1:
+                print(f"{head} {step_time(model, ids, args.new) * 1e3:.0f} ms per step", flush=True)
+                continue
+            per_token, split = profile(model, ids, args.new)
+            print(f"{head} {per_token * 1e3:.0f} ms per token (under the profiler)")
+            for key in ("lm_head", "matmul", "attention", "other", "python_dispatch"):
+                share = split.get(key, 0)
+                print(f"  {key:16s} {share * 1e3:7.1f} ms  {100 * share / per_token:5.1f}%", flush=True)
+
+
+if __name__ == "__main__":
+    main()
