@@ -6,6 +6,12 @@ imports it late). One module per format; each writes atomically through
 ``files.py`` and reads weights through ``files.float_weights`` (LoRA merged,
 the model itself untouched).
 
+``saved_model.py`` and ``torch_export.py`` are the only modules here that
+import a backend (TensorFlow, PyTorch), inside their functions: a
+SavedModel is a TensorFlow artefact and a ``torch.export`` program a
+PyTorch one, so tracing them is backend code by nature. They are leaves
+the core never imports; the model they trace stays ``keras.ops``.
+
 | format         | module           | destination | holds our int8 layout |
 |----------------|------------------|-------------|------------------------|
 | ``hf``         | huggingface.py   | directory   | no                     |

@@ -65,59 +65,8 @@ def vocabulary_metadata(proto):
 
 
 def _proto_pieces(proto):
-    """[(piece, score, type)] of a serialized SentencePiece ``ModelProto``.
-
-    Reads field 1 (``pieces``: 1 piece, 2 score, 3 type) of the protobuf
-    wire format, so no protobuf library is needed.
-    """
-    pieces = []
-    for number, value in _fields(proto):
-        if number != 1:
-            continue
-        piece, score, piece_type = "", 0.0, spm.NORMAL
-        for field, inner in _fields(value):
-            if field == 1:
-                piece = inner.decode("utf-8")
-            elif field == 2:
-                score = float(np.frombuffer(inner, "<f4")[0])
-            elif field == 3:
-                piece_type = inner
-        pieces.append((piece, score, piece_type))
+    """[(piece, score, type)] of a serialized SentencePiece ``ModelProto``."""
+    pieces = spm.read_model(proto)[0]
     if not pieces:
         raise ValueError("The tokenizer's SentencePiece model has no pieces.")
     return pieces
-
-
-def _fields(data):
-    """Yields (field number, value) of protobuf bytes: ints for varints,
-    bytes for length-delimited and fixed32 fields."""
-    position = 0
-    while position < len(data):
-        key, position = _varint(data, position)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, position = _varint(data, position)
-        elif wire == 2:
-            length, position = _varint(data, position)
-            value = bytes(data[position : position + length])
-            position += length
-        elif wire == 5:
-            value = bytes(data[position : position + 4])
-            position += 4
-        elif wire == 1:
-            value = bytes(data[position : position + 8])
-            position += 8
-        else:
-            raise ValueError(f"Unreadable SentencePiece model (wire type {wire}).")
-        yield number, value
-
-
-def _varint(data, position):
-    result = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, position
-        shift += 7
