@@ -1,9 +1,13 @@
 """Gemma checkpoints in llama.cpp's GGUF format.
 
 ``read_gguf(path)`` turns a ``.gguf`` file of architecture ``gemma``,
-``gemma2`` or ``gemma3`` into a ``GemmaBackbone`` config, a dict of numpy
-weights keyed by our variable paths, and a SentencePiece model rebuilt from
-the vocabulary stored in the file's metadata.
+``gemma2``, ``gemma3`` or ``gemma4`` into a ``GemmaBackbone`` config, a
+dict of numpy weights keyed by our variable paths, and a SentencePiece
+model rebuilt from the vocabulary stored in the file's metadata. Gemma 4's
+layout (per-layer head sizes, proportional RoPE, per-layer embeddings, KV
+sharing, experts; norms stored as they multiply) and its vocabulary are
+read by ``gguf_gemma4.py``; the tensor names every architecture shares are
+in ``gguf_names.py``.
 
 The file layout (GGUF version 2 and 3, little-endian) is parsed here, with
 numpy over a memory map, so reading the header of a 262,144-token vocabulary
@@ -14,8 +18,8 @@ Conventions that differ from ours, all undone here:
 
 * GGUF lists a tensor's dimensions fastest-first, so a numpy view of the
   data has shape ``(out, in)``; our ``Dense`` kernels are ``(in, out)``.
-* llama.cpp's converter stores Gemma's RMSNorm weights as ``1 + scale``; our
-  ``RMSNorm`` holds ``scale``.
+* llama.cpp's converter stores Gemma 1-3's RMSNorm weights as
+  ``1 + scale``; our ``RMSNorm`` holds ``scale``.
 * llama.cpp respells user-defined vocabulary pieces made of spaces with real
   spaces (``"  "`` for ``"▁▁"``) and marks Hugging Face's special tokens
   (``<start_of_turn>``...) CONTROL, which SentencePiece would never match in
