@@ -333,3 +333,16 @@ def test_rope_freqs_that_are_not_proportional_rope_are_refused(exported, tmp_pat
     path = rewrite(exported("dense", "f32"), tmp_path / "bad.gguf", tensors=llama3_like)
     with pytest.raises(ValueError, match="proportional RoPE only"):
         keras_gemma.GemmaCausalLM.from_preset(path)
+
+
+def test_export_refuses_what_the_reader_would_read_otherwise(tmp_path):
+    # The writer hands its metadata to this reader first: llama.cpp's gemma4
+    # does not scale queries and always normalizes values.
+    model = model_for("dense")
+    backbone = keras_gemma.GemmaBackbone(**{**model.backbone._config(), "query_pre_attn_scalar": 256.0,
+                                            "use_value_norm": False})
+    changed = keras_gemma.GemmaCausalLM(backbone, model.preprocessor)
+    with pytest.raises(ValueError, match=r"(?s)query_pre_attn_scalar: the model has 256.0, a gemma4 "
+                       r"GGUF file gives 1.0.*use_value_norm"):
+        exporter.export_gguf(changed, tmp_path / "x.gguf", progress=False)
+    assert not list(tmp_path.iterdir())

@@ -128,6 +128,7 @@ def export_gguf(model, destination, quantization=None, overwrite=False, *, progr
     metadata["tokenizer.chat_template"] = chat_template_for(tokenizer)
     if architecture == "gemma4":
         table = gguf_gemma4.expected_tensors(config)
+        gguf_gemma4.check_reads_back(config, metadata, table)
     else:
         check_expressible(config, architecture, metadata)
         table = gguf_reader.expected_tensors(config)

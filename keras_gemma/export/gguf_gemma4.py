@@ -49,6 +49,48 @@ def check_supported(config):
         raise ValueError(f"{error} Use --format hf for this model.") from None
 
 
+def check_reads_back(config, metadata_values, table):
+    """Raises unless a reader of this metadata and these tensors builds
+    ``config``'s network: the reader is ours (``checkpoints.gguf_gemma4``),
+    which applies llama.cpp's fixed rules (queries not scaled, norms and
+    the value norm as in Google's Gemma 4), so a model that mixes in other
+    settings is refused instead of written to a file llama.cpp would run
+    differently."""
+    from keras_gemma.checkpoints.gguf_gemma4 import config_from_metadata
+
+    read = config_from_metadata(metadata_values, set(table), rope_freqs(config), "<export>")
+    ours, theirs = _semantics(config), _semantics(read)
+    problems = [f"{key}: the model has {ours[key]!r}, a gemma4 GGUF file gives {theirs[key]!r}"
+                for key in ours if ours[key] != theirs[key]]
+    if problems:
+        raise ValueError(
+            "GGUF cannot express this Gemma 4 model exactly; llama.cpp would "
+            "run a different network:\n  " + "\n  ".join(problems) + "\nUse "
+            "--format hf for this model."
+        )
+
+
+def _semantics(config):
+    """The settings that decide the computation: each layer's shape, and the
+    rest of the config (those that only feed the layers' shapes left out)."""
+    from keras_gemma.backbone import CONFIG_DEFAULTS
+
+    shaped_by_layers = {
+        "dropout", "sliding_window_pattern", "layer_types", "head_dim", "global_head_dim",
+        "num_key_value_heads", "num_global_key_value_heads", "attention_k_eq_v",
+        "intermediate_dim", "use_double_wide_mlp", "num_kv_shared_layers",
+        "rope_max_wavelength", "local_rope_max_wavelength", "rope_scaling_factor",
+        "rope_partial_rotary_factor", "per_layer_vocabulary_size",
+    }
+    values = {key: config.get(key, default) for key, default in CONFIG_DEFAULTS.items()
+              if key not in shaped_by_layers}
+    for key in ("vocabulary_size", "num_layers", "num_query_heads", "hidden_dim"):
+        values[key] = config[key]
+    values["layer_norm_epsilon"] = float(np.float32(config["layer_norm_epsilon"]))
+    values["layers"] = _specs(config)
+    return values
+
+
 def _specs(config):
     from keras_gemma.layer_specs import layer_specs
 
