@@ -438,7 +438,7 @@ def tokenizer_proto(metadata, path):
                       ("pad", "padding_token_id"), ("unk", "unknown_token_id")):
         index = metadata.get("tokenizer.ggml." + key)
         if index is not None:
-            if not 0 <= index < len(tokens):
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(tokens):
                 raise ValueError(
                     f"{path}: tokenizer.ggml.{key} is {index}, outside the "
                     f"{len(tokens)}-token vocabulary."
