@@ -328,7 +328,9 @@ def test_settings_keras_gemma_cannot_run_are_refused(metadata, message, exported
 
 def test_rope_freqs_that_are_not_proportional_rope_are_refused(exported, tmp_path):
     def llama3_like(name, array):
-        return [(name, np.linspace(1, 8, len(array), dtype=np.float32) if name == "rope_freqs.weight" else array)]
+        if name == "rope_freqs.weight":
+            array = np.linspace(1, 8, len(array), dtype=np.float32)
+        return [(name, array)]
 
     path = rewrite(exported("dense", "f32"), tmp_path / "bad.gguf", tensors=llama3_like)
     with pytest.raises(ValueError, match="proportional RoPE only"):

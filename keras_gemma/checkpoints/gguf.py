@@ -41,7 +41,12 @@ import numpy as np
 
 from keras_gemma.checkpoints import gguf_gemma4
 from keras_gemma.checkpoints import sentencepiece_proto as spm
-from keras_gemma.checkpoints.gguf_names import BLOCK_TENSORS, MISSING, metadata_value
+from keras_gemma.checkpoints.gguf_names import (
+    BLOCK_TENSORS,
+    MISSING,
+    metadata_value,
+    vocabulary_size as gguf_vocabulary_size,
+)
 
 SUPPORTED_ARCHITECTURES = ("gemma", "gemma2", "gemma3", "gemma4")
 
@@ -458,13 +463,7 @@ def _config_from_metadata(metadata, architecture, path):
             f"{path}: key length {head_dim} and value length {value_dim} "
             "differ; Gemma uses one head_dim for both."
         )
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    vocabulary_size = get("vocab_size", len(tokens) if tokens is not None else None)
-    if vocabulary_size is None:
-        raise ValueError(
-            f"{path}: GGUF metadata gives no vocabulary size "
-            f"(`{architecture}.vocab_size` or `tokenizer.ggml.tokens`)."
-        )
+    vocabulary_size = gguf_vocabulary_size(metadata, architecture, path)
 
     # llama.cpp's rule (from gemma_pytorch): the 27B models scale queries by
     # hidden_dim / num_heads, every other size by head_dim.

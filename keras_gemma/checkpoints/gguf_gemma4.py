@@ -43,6 +43,7 @@ from keras_gemma.checkpoints.gguf_names import (
     MISSING,
     metadata_value,
     per_layer_values,
+    vocabulary_size as gguf_vocabulary_size,
 )
 from keras_gemma.layer_specs import FULL, GEMMA4_COMMON_SWITCHES, SLIDING, layer_specs
 
@@ -237,6 +238,12 @@ def config_from_metadata(metadata, names, rope_freqs, path):
     _refuse_rope_scaling(metadata, path)
 
     shared = get("attention.shared_kv_layers", 0)
+    if not 0 <= shared < num_layers:
+        raise ValueError(
+            f"{path}: `{_PREFIX}attention.shared_kv_layers` is {shared}; it must "
+            f"be smaller than the {num_layers} layers (shared layers reuse an "
+            "earlier layer's keys and values)."
+        )
     kv_heads = per_layer_values(metadata, _PREFIX + "attention.head_count_kv", num_layers, path,
                                 default=num_query_heads)
     sliding_kv = _one_per_type(kv_heads, types, SLIDING, "attention.head_count_kv", path)
@@ -244,13 +251,7 @@ def config_from_metadata(metadata, names, rope_freqs, path):
     intermediate_dim, double_wide = _mlp_widths(metadata, num_layers, shared, path)
     num_experts = get("expert_count", 0)
     per_layer_dim = get("embedding_length_per_layer_input")
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    vocabulary_size = get("vocab_size", len(tokens) if tokens is not None else None)
-    if vocabulary_size is None:
-        raise ValueError(
-            f"{path}: GGUF metadata gives no vocabulary size "
-            f"(`{_PREFIX}vocab_size` or `tokenizer.ggml.tokens`)."
-        )
+    vocabulary_size = gguf_vocabulary_size(metadata, ARCHITECTURE, path)
     final_cap = get("final_logit_softcapping", None, float)
     rope_base = get("rope.freq_base", 10_000.0, float)
 
@@ -405,7 +406,10 @@ def _rotary_fraction(rope_freqs, full_dim, has_full_layers, path):
         )
     fraction = 2 * rotated / full_dim
     if int(fraction * full_dim // 2) != rotated:  # what rotary_embedding computes
-        raise ValueError(f"{path}: {rotated} of {full_dim // 2} rotated pairs is not a fraction keras_gemma can express.")
+        raise ValueError(
+            f"{path}: {rotated} of {full_dim // 2} rotated pairs is not a "
+            "fraction keras_gemma can express."
+        )
     return fraction
 
 

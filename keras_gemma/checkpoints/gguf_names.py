@@ -72,6 +72,19 @@ def per_layer_values(metadata, key, count, path, default=MISSING):
     return [_of_kind(value, key, path, int)] * count
 
 
+def vocabulary_size(metadata, architecture, path):
+    """``{architecture}.vocab_size``, else the number of vocabulary tokens."""
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    size = metadata_value(metadata, f"{architecture}.vocab_size", path,
+                          len(tokens) if tokens is not None else None)
+    if size is None:
+        raise ValueError(
+            f"{path}: GGUF metadata gives no vocabulary size "
+            f"(`{architecture}.vocab_size` or `tokenizer.ggml.tokens`)."
+        )
+    return size
+
+
 def _of_kind(value, key, path, kind):
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int and numeric and value == int(value):
