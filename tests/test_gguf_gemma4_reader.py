@@ -319,6 +319,12 @@ def test_missing_tensor_is_named(exported, tmp_path):
                                       gguf.GGUFValueType.UINT32)}, "varies across layers"),
     ({"gemma4.attention.sliding_window_pattern": ([True] * 5, gguf.GGUFValueType.ARRAY,
                                                   gguf.GGUFValueType.BOOL)}, "expected 6 bools"),
+    # Layers 4 and 5 sharing, layer 3 sliding: keras_gemma takes the keys of
+    # sliding layer 4 from layer 3, llama.cpp from layer 2.
+    ({"gemma4.attention.shared_kv_layers": (2, gguf.GGUFValueType.UINT32, None),
+      "gemma4.attention.sliding_window_pattern": ([True, True, False, True, True, False],
+                                                  gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.BOOL)},
+     "layer 4 reuses the keys and values of layer 3, but llama.cpp takes those of layer 2"),
 ])
 def test_settings_keras_gemma_cannot_run_are_refused(metadata, message, exported, tmp_path):
     path = rewrite(exported("dense", "f32"), tmp_path / "bad.gguf", metadata)

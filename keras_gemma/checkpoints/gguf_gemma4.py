@@ -187,9 +187,8 @@ def check_kv_sharing(config):
         expected = first_shared - (2 if spec.sliding else 1)
         if spec.kv_source != expected:
             raise ValueError(
-                f"GGUF cannot express this Gemma 4 model: its layer {spec.index} "
-                f"reuses the keys and values of layer {spec.kv_source}, but "
-                f"llama.cpp takes those of layer {expected} (it needs the last "
+                f"its layer {spec.index} reuses the keys and values of layer "
+                f"{spec.kv_source}, but llama.cpp takes those of layer {expected} (it needs the last "
                 "layer before the shared ones to be a full-attention layer and "
                 "the one before it a sliding one, as in E2B and E4B)."
             )
@@ -298,7 +297,7 @@ def config_from_metadata(metadata, names, rope_freqs, path):
         try:
             check_kv_sharing(config)
         except ValueError as error:
-            raise ValueError(f"{path}: {error} keras_gemma runs it otherwise.") from None
+            raise ValueError(f"{path}: keras_gemma cannot run this file as llama.cpp does: {error}") from None
     return config
 
 

@@ -46,7 +46,9 @@ def check_supported(config):
     try:
         check_kv_sharing(config)
     except ValueError as error:
-        raise ValueError(f"{error} Use --format hf for this model.") from None
+        raise ValueError(
+            f"GGUF cannot express this Gemma 4 model: {error} Use --format hf for this model."
+        ) from None
 
 
 def check_reads_back(config, metadata_values, table):
