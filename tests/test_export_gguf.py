@@ -21,8 +21,11 @@ import pytest
 from conftest import TESTS_DIR, to_numpy
 from gguf_export_models import (
     EXPORT_CONFIGS,
+    GEMMA4_VARIANTS,
     ORACLE_CONFIGS,
     TEXTS,
+    gemma4_variant_model,
+    storage_error_bound,
     tiny_causal_lm,
 )
 from tiny_models import PADDING_MASK, TOKEN_IDS
@@ -102,24 +105,6 @@ def test_logits_after_reading_back(architecture, quantization, exported):
         assert error > 0  # the bound would hide a file that is not quantized
 
 
-def _bound(original, qtype):
-    """Largest error of storing ``original`` (numpy (rows, columns)) as
-    ``qtype``, per value."""
-    magnitude = np.abs(original)
-    if qtype == Q.F32:
-        return np.zeros_like(magnitude)
-    if qtype == Q.F16:
-        return magnitude * 2.0**-11 + 2.0**-25
-    if qtype == Q.BF16:
-        return magnitude * 2.0**-8 + 1e-38
-    # Q8_0: half a level of the block's absmax / 127, plus the float16
-    # rounding of that scale carried through up to 127 levels.
-    rows, columns = original.shape
-    blocks = magnitude.reshape(rows, columns // 32, 32).max(axis=-1, keepdims=True)
-    per_block = blocks / 127 * (0.5 + 127 * 2.0**-11) + 2.0**-24
-    return np.broadcast_to(per_block, (rows, columns // 32, 32)).reshape(rows, columns)
-
-
 @pytest.mark.parametrize("quantization", QUANTIZATIONS)
 def test_every_weight_within_its_types_error(quantization, exported):
     architecture = "gemma3"
@@ -140,7 +125,7 @@ def test_every_weight_within_its_types_error(quantization, exported):
             np.testing.assert_array_equal(value + one, original + one, err_msg=name)
             continue
         error = np.abs(value - original)
-        assert np.all(error <= _bound(original, types[name])), name
+        assert np.all(error <= storage_error_bound(original, types[name])), name
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -401,7 +386,7 @@ def test_chat_template_renders_our_chat_format():
         )
 
 
-# -- Gemma 4 (dense), which llama.cpp reads and our reader does not -----------------
+# -- Gemma 4, which llama.cpp reads (our reader: tests/test_gguf_gemma4_reader.py) -----
 
 GEMMA4_FOLDER = TESTS_DIR / "data" / "hf_tiny_gemma4_dense"
 
@@ -468,36 +453,6 @@ def test_gemma4_metadata_and_tensors(gemma4):
     assert set(tensors) <= allowed
 
 
-# Variants of the tiny Gemma 4 configs with seeded random weights:
-# keys_as_values has the 26B/31B switches (full layers take their values from
-# the keys and have 2 key/value heads, sliding layers 1); per_layer_embeddings
-# is the E2B/E4B layout (per-layer embeddings, the last 5 layers sharing keys
-# and values and twice as wide), with the last non-shared layer full and the
-# one before it sliding, as llama.cpp needs.
-GEMMA4_VARIANTS = {
-    "keys_as_values": ("dense", dict(attention_k_eq_v=True, num_global_key_value_heads=2)),
-    "per_layer_embeddings": ("ple", dict(num_kv_shared_layers=5)),
-}
-
-
-def gemma4_variant(variant, folder):
-    name, overrides = GEMMA4_VARIANTS[variant]
-    source = str(TESTS_DIR / "data" / f"hf_tiny_gemma4_{name}")
-    backbone = keras_gemma.GemmaBackbone(
-        **{**keras_gemma.GemmaBackbone.from_preset(source)._config(), **overrides}
-    )
-    rng = np.random.default_rng(0)
-    for variable in backbone.weights:
-        if variable.path.endswith("layer_scalar"):
-            value = np.ones(variable.shape)
-        else:
-            value = rng.normal(scale=0.3, size=variable.shape)
-        variable.assign(value.astype("float32"))
-    tokenizer = keras_gemma.GemmaTokenizer.from_preset(source)
-    model = keras_gemma.GemmaCausalLM(backbone, keras_gemma.GemmaCausalLMPreprocessor(tokenizer, 16))
-    return model, exporter.export_gguf(model, folder / f"{variant}.gguf", "f32", progress=False)
-
-
 @pytest.mark.parametrize("variant", ["dense", "experts", *GEMMA4_VARIANTS])
 def test_llama_cpp_runs_the_gemma4_export(variant, gemma4, tmp_path):
     if variant == "dense":
@@ -506,7 +461,8 @@ def test_llama_cpp_runs_the_gemma4_export(variant, gemma4, tmp_path):
         model = keras_gemma.GemmaCausalLM.from_preset(str(TESTS_DIR / "data" / "hf_tiny_gemma4_moe"))
         path = exporter.export_gguf(model, tmp_path / "moe.gguf", "f32", progress=False)
     else:
-        model, path = gemma4_variant(variant, tmp_path)
+        model = gemma4_variant_model(variant)
+        path = exporter.export_gguf(model, tmp_path / f"{variant}.gguf", "f32", progress=False)
     _, reader = fields_of(path)
     names = {t.name for t in reader.tensors}
     if variant == "experts":

@@ -164,6 +164,22 @@ def test_fuzz_gguf(tmp_path, record_property):
          record_property=record_property)
 
 
+def test_fuzz_gguf_gemma4(tmp_path, record_property):
+    pytest.importorskip("gguf")
+    from keras_gemma.export.gguf import export_gguf
+
+    model = keras_gemma.GemmaCausalLM.from_preset(str(DATA / "hf_tiny_gemma4_dense"))
+    original_path = export_gguf(model, tmp_path / "original.gguf", "f32", progress=False)
+    target = tmp_path / "mutated.gguf"
+
+    def load(path):
+        gguf_reader.read_gguf(path, progress=False)
+        preset_io._Checkpoint(str(path)).tokenizer()
+
+    fuzz("GGUF (gemma4)", open(original_path, "rb").read(), target, load, seed=4,
+         record_property=record_property)
+
+
 def test_fuzz_safetensors(tmp_path, record_property):
     folder = tmp_path / "hf"
     shutil.copytree(DATA / "hf_tiny_gemma", folder)

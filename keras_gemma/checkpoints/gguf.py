@@ -1,9 +1,13 @@
 """Gemma checkpoints in llama.cpp's GGUF format.
 
 ``read_gguf(path)`` turns a ``.gguf`` file of architecture ``gemma``,
-``gemma2`` or ``gemma3`` into a ``GemmaBackbone`` config, a dict of numpy
-weights keyed by our variable paths, and a SentencePiece model rebuilt from
-the vocabulary stored in the file's metadata.
+``gemma2``, ``gemma3`` or ``gemma4`` into a ``GemmaBackbone`` config, a
+dict of numpy weights keyed by our variable paths, and a SentencePiece
+model rebuilt from the vocabulary stored in the file's metadata. Gemma 4's
+layout (per-layer head sizes, proportional RoPE, per-layer embeddings, KV
+sharing, experts; norms stored as they multiply) and its vocabulary are
+read by ``gguf_gemma4.py``; the tensor names every architecture shares are
+in ``gguf_names.py``.
 
 The file layout (GGUF version 2 and 3, little-endian) is parsed here, with
 numpy over a memory map, so reading the header of a 262,144-token vocabulary
@@ -14,8 +18,8 @@ Conventions that differ from ours, all undone here:
 
 * GGUF lists a tensor's dimensions fastest-first, so a numpy view of the
   data has shape ``(out, in)``; our ``Dense`` kernels are ``(in, out)``.
-* llama.cpp's converter stores Gemma's RMSNorm weights as ``1 + scale``; our
-  ``RMSNorm`` holds ``scale``.
+* llama.cpp's converter stores Gemma 1-3's RMSNorm weights as
+  ``1 + scale``; our ``RMSNorm`` holds ``scale``.
 * llama.cpp respells user-defined vocabulary pieces made of spaces with real
   spaces (``"  "`` for ``"▁▁"``) and marks Hugging Face's special tokens
   (``<start_of_turn>``...) CONTROL, which SentencePiece would never match in
@@ -35,9 +39,16 @@ import struct
 
 import numpy as np
 
+from keras_gemma.checkpoints import gguf_gemma4
 from keras_gemma.checkpoints import sentencepiece_proto as spm
+from keras_gemma.checkpoints.gguf_names import (
+    BLOCK_TENSORS,
+    MISSING,
+    metadata_value,
+    vocabulary_size as gguf_vocabulary_size,
+)
 
-SUPPORTED_ARCHITECTURES = ("gemma", "gemma2", "gemma3")
+SUPPORTED_ARCHITECTURES = ("gemma", "gemma2", "gemma3", "gemma4")
 
 _MAGIC = b"GGUF"
 _DEFAULT_ALIGNMENT = 32
@@ -144,8 +155,8 @@ def read_gguf(path, dtype="float32", progress=True, load_weights=True):
                 f"{path}: GGUF architecture {architecture!r} is not supported; "
                 f"keras_gemma reads {', '.join(SUPPORTED_ARCHITECTURES)}."
             )
-        config = _config_from_metadata(arrays, architecture, path)
-        plan = _plan_tensors(header.tensors, config, path, buffer)
+        config = _config(header, architecture, path, buffer)
+        plan = _plan_tensors(header.tensors, config, path, buffer, architecture)
         tokenizer_proto = build_tokenizer_proto(arrays, path)
         weights = {}
         if load_weights:
@@ -419,38 +430,23 @@ def _import_gguf():
 
 # -- config ------------------------------------------------------------------
 
-_MISSING = object()
+
+def _config(header, architecture, path, buffer):
+    """The backbone config of a parsed file (Gemma 4's needs its tensor list
+    and the values of its small `rope_freqs` tensor)."""
+    if architecture != gguf_gemma4.ARCHITECTURE:
+        return _config_from_metadata(header.metadata, architecture, path)
+    by_name = {info.name: info for info in header.tensors}
+    rope_freqs = by_name.get("rope_freqs.weight")
+    if rope_freqs is not None:
+        _check_type(rope_freqs, _import_gguf(), path)
+        ((_, rope_freqs),) = _iter_tensors(buffer, [(rope_freqs, "rope_freqs", "copy")], np.float32, path)
+    return gguf_gemma4.config_from_metadata(header.metadata, set(by_name), rope_freqs, path)
 
 
 def _config_from_metadata(metadata, architecture, path):
-    def get(key, default=_MISSING, kind=int):
-        full_key = f"{architecture}.{key}"
-        value = metadata.get(full_key, _MISSING)
-        if value is _MISSING:
-            if default is _MISSING:
-                raise ValueError(f"{path}: GGUF metadata lacks `{full_key}`.")
-            return default
-        if isinstance(value, (list, np.ndarray)) and kind is not str:
-            # Some converters write per-layer values; ours are uniform.
-            values = set(np.asarray(value).tolist())
-            if len(values) != 1:
-                raise ValueError(
-                    f"{path}: `{full_key}` varies across layers "
-                    f"({sorted(values)}); keras_gemma needs the same value in "
-                    "every layer."
-                )
-            value = values.pop()
-        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if kind is int and numeric and value == int(value):
-            return int(value)
-        if kind is float and numeric:
-            return float(value)
-        if kind is str and isinstance(value, str):
-            return value
-        raise ValueError(
-            f"{path}: GGUF metadata `{full_key}` is {value!r}; expected "
-            f"{'an integer' if kind is int else 'a number' if kind is float else 'a string'}."
-        )
+    def get(key, default=MISSING, kind=int):
+        return metadata_value(metadata, f"{architecture}.{key}", path, default, kind)
 
     hidden_dim = get("embedding_length")
     num_query_heads = get("attention.head_count")
@@ -467,13 +463,7 @@ def _config_from_metadata(metadata, architecture, path):
             f"{path}: key length {head_dim} and value length {value_dim} "
             "differ; Gemma uses one head_dim for both."
         )
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    vocabulary_size = get("vocab_size", len(tokens) if tokens is not None else None)
-    if vocabulary_size is None:
-        raise ValueError(
-            f"{path}: GGUF metadata gives no vocabulary size "
-            f"(`{architecture}.vocab_size` or `tokenizer.ggml.tokens`)."
-        )
+    vocabulary_size = gguf_vocabulary_size(metadata, architecture, path)
 
     # llama.cpp's rule (from gemma_pytorch): the 27B models scale queries by
     # hidden_dim / num_heads, every other size by head_dim.
@@ -556,25 +546,6 @@ def _window_pattern(pattern, num_layers, architecture, path):
 
 # -- tensors -----------------------------------------------------------------
 
-# GGUF block tensor -> (our layer path, conversion). "kernel" transposes,
-# "norm" subtracts the 1 llama.cpp adds.
-_BLOCK_TENSORS = {
-    "attn_norm": ("pre_attention_norm/scale", "norm"),
-    "attn_q": ("attention/query/kernel", "kernel"),
-    "attn_k": ("attention/key/kernel", "kernel"),
-    "attn_v": ("attention/value/kernel", "kernel"),
-    "attn_output": ("attention/output/kernel", "kernel"),
-    "attn_q_norm": ("attention/query_norm/scale", "norm"),
-    "attn_k_norm": ("attention/key_norm/scale", "norm"),
-    "post_attention_norm": ("post_attention_norm/scale", "norm"),
-    "ffn_norm": ("pre_feedforward_norm/scale", "norm"),
-    "ffn_gate": ("feedforward_gate/kernel", "kernel"),
-    "ffn_up": ("feedforward_up/kernel", "kernel"),
-    "ffn_down": ("feedforward_down/kernel", "kernel"),
-    "post_ffw_norm": ("post_feedforward_norm/scale", "norm"),
-}
-
-
 def expected_tensors(config):
     """GGUF tensor name -> (our path, numpy shape in the file, conversion)."""
     hidden = config["hidden_dim"]
@@ -612,7 +583,7 @@ def expected_tensors(config):
     }
     for i in range(config["num_layers"]):
         for name, shape in block_shapes.items():
-            ours, conversion = _BLOCK_TENSORS[name]
+            ours, conversion = BLOCK_TENSORS[name]
             expected[f"blk.{i}.{name}.weight"] = (
                 f"decoder_block_{i}/{ours}",
                 shape,
@@ -621,15 +592,21 @@ def expected_tensors(config):
     return expected
 
 
-def _plan_tensors(tensors, config, path, buffer):
-    """Checks names, shapes and types; returns [(info, our path, conversion)]."""
+def _plan_tensors(tensors, config, path, buffer, architecture):
+    """Checks names, shapes and types; returns [(info, our path, conversion)]
+    for the tensors to load."""
     gguf = _import_gguf()
-    expected = expected_tensors(config)
     by_name = {}
     for info in tensors:
         if info.name in by_name:
             raise _invalid(path, f"tensor {info.name!r} appears twice")
         by_name[info.name] = info
+    if architecture == gguf_gemma4.ARCHITECTURE:
+        expected, ignored = gguf_gemma4.reading_table(config, set(by_name))
+        for name in ignored:
+            by_name.pop(name, None)
+    else:
+        expected = expected_tensors(config)
 
     # A separate output projection is allowed only as a copy of the
     # embedding (our model ties them).
@@ -653,7 +630,7 @@ def _plan_tensors(tensors, config, path, buffer):
     if missing:
         name = missing[0]
         raise ValueError(
-            f"{path}: tensor {name!r} (for `{expected[name][0]}`, shape "
+            f"{path}: tensor {name!r} (for `{expected[name][0] or name}`, shape "
             f"{expected[name][1]}) is missing"
             + (f", and {len(missing) - 1} more" if len(missing) > 1 else "")
             + f". Missing: {missing[:8]}{' ...' if len(missing) > 8 else ''}."
@@ -674,7 +651,8 @@ def _plan_tensors(tensors, config, path, buffer):
                 f"{info.shape} (numpy order) but the config expects {shape}."
             )
         _check_type(info, gguf, path)
-        plan.append((info, ours, conversion))
+        if ours is not None:  # rope_freqs: read into the config
+            plan.append((info, ours, conversion))
     return plan
 
 
@@ -740,7 +718,24 @@ def _iter_tensors(buffer, plan, dtype, path):
             del values
             _release_pages(buffer, info.start + begin * row_bytes, (end - begin) * row_bytes)
         del raw  # a view of the mmap, which must be closable
-        yield ours, result.reshape((columns, rows) if conversion == "kernel" else info.shape)
+        if conversion == "kernel":
+            yield ours, result.reshape(columns, rows)
+        else:
+            yield from _finish(ours, result.reshape(info.shape), conversion)
+
+
+def _finish(ours, values, conversion):
+    """(our path, array) pairs for a tensor read in the file's layout."""
+    if conversion == "scalar":  # Gemma 4's layer scalar, a 1-value tensor
+        yield ours, values.reshape(())
+    elif conversion == "experts":  # (experts, out, in) -> (experts, in, out)
+        yield ours, np.ascontiguousarray(np.swapaxes(values, 1, 2))
+    elif conversion == "experts_gate_up":  # stacked: gate rows, then up rows
+        block = ours.rsplit("/", 1)[0]
+        for name, half in zip(("gate", "up"), np.split(values, 2, axis=1)):
+            yield f"{block}/{name}/kernel", np.ascontiguousarray(np.swapaxes(half, 1, 2))
+    else:
+        yield ours, values
 
 
 def _release_pages(buffer, offset, length):
@@ -774,8 +769,8 @@ def iter_gguf_weights(path, dtype="float32"):
     try:
         header = _parse_header(buffer, path)
         architecture = header.metadata.get("general.architecture")
-        config = _config_from_metadata(header.metadata, architecture, path)
-        plan = _plan_tensors(header.tensors, config, path, buffer)
+        config = _config(header, architecture, path, buffer)
+        plan = _plan_tensors(header.tensors, config, path, buffer, architecture)
         del header
         yield from _iter_tensors(buffer, plan, out_dtype, path)
     finally:
@@ -836,18 +831,23 @@ _LLAMA_CPP_UNDEFINED = 0
 def build_tokenizer_proto(metadata, path="<gguf>"):
     """A serialized SentencePiece model from ``tokenizer.ggml.*`` metadata.
 
-    Returns ``None`` if the metadata has no vocabulary. Only SentencePiece
-    vocabularies (``tokenizer.ggml.model == "llama"``) can be rebuilt; Gemma's
-    is a BPE model with byte fallback and no normalization.
+    Returns ``None`` if the metadata has no vocabulary. SentencePiece
+    vocabularies (``tokenizer.ggml.model == "llama"``: Gemma 1-3, and our
+    Gemma 4 exports) and llama.cpp's ``"gemma4"`` vocabularies (pieces and
+    merges of Gemma 4's ``tokenizer.json``) can be rebuilt; Gemma's is a BPE
+    model with byte fallback and no normalization.
     """
     tokens = metadata.get("tokenizer.ggml.tokens")
     if tokens is None:
         return None
     model = metadata.get("tokenizer.ggml.model", "llama")
+    if model == gguf_gemma4.ARCHITECTURE:
+        return gguf_gemma4.tokenizer_proto(metadata, path)
     if model != "llama":
         raise ValueError(
-            f"{path}: tokenizer model {model!r} is not a SentencePiece "
-            "vocabulary ('llama'); keras_gemma cannot rebuild it."
+            f"{path}: tokenizer model {model!r} is neither a SentencePiece "
+            "vocabulary ('llama') nor Gemma 4's ('gemma4'); keras_gemma "
+            "cannot rebuild it."
         )
     count = len(tokens)
     scores = metadata.get("tokenizer.ggml.scores")

@@ -108,21 +108,35 @@ def tokenizer_proto(tokenizer, config=None, source=TOKENIZER_JSON):
     _check_pre_tokenizer(tokenizer.get("pre_tokenizer"), source)
     _check_decoder(tokenizer.get("decoder"), source)
 
+    return bpe_tokenizer_proto(
+        model["vocab"], tokenizer.get("added_tokens") or [], model.get("merges") or [],
+        config, unk_token=model.get("unk_token"),
+        byte_fallback=bool(model.get("byte_fallback")), source=source)
+
+
+def bpe_tokenizer_proto(vocab, added_tokens, merges, config=None, *, unk_token=None,
+                        byte_fallback=True, source=TOKENIZER_JSON):
+    """The ``ModelProto`` bytes for the pipeline above from its parts: a BPE
+    model's ``vocab`` (piece -> id), its ``added_tokens`` (``{"id",
+    "content"}`` dicts, matched whole), its ranked ``merges`` ("left right"
+    strings or pairs) and a ``tokenizer_config.json``-like ``config`` naming
+    the special tokens. A ``tokenizer.json`` has these parts, and so does a
+    GGUF file's ``gemma4`` vocabulary."""
     config = config or {}
-    pieces = _pieces_by_id(model["vocab"], tokenizer.get("added_tokens") or [], source)
+    pieces = _pieces_by_id(vocab, added_tokens, source)
     index_of = {piece: i for i, piece in enumerate(pieces)}
     # transformers also matches whole the special tokens tokenizer_config.json
     # names (Gemma 4's <|video|> is only listed there).
-    added = {token["id"] for token in tokenizer.get("added_tokens") or []}
+    added = {token["id"] for token in added_tokens}
     added |= {index_of[name] for name in _config_tokens(config) if name in index_of}
-    specials = _special_ids(index_of, config, model.get("unk_token"), source)
-    first_rank = _first_merge_ranks(model.get("merges") or [], source)
+    specials = _special_ids(index_of, config, unk_token, source)
+    first_rank = _first_merge_ranks(merges, source)
     entries = _entries(pieces, added, specials, first_rank, source)
-    _check_byte_fallback(entries, model, source)
+    _check_byte_fallback(entries, byte_fallback, source)
     trainer_spec = {
         "model_type": spm.BPE,
         "vocab_size": len(entries),
-        "byte_fallback": bool(model.get("byte_fallback")),
+        "byte_fallback": byte_fallback,
         "allow_whitespace_only_pieces": True,
         "split_digits": True,
     }
@@ -175,10 +189,10 @@ def _entries(pieces, added, specials, first_rank, source):
     return entries
 
 
-def _check_byte_fallback(entries, model, source):
+def _check_byte_fallback(entries, byte_fallback, source):
     byte_pieces = {piece for piece, _, kind in entries if kind == spm.BYTE}
     missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in byte_pieces]
-    if model.get("byte_fallback") and missing:
+    if byte_fallback and missing:
         # SentencePiece's byte fallback needs every byte (Gemma's have them).
         raise ValueError(
             f"{source}: byte_fallback is on but the vocabulary lacks {len(missing)} "

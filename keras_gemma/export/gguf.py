@@ -37,10 +37,9 @@ float types.
 Gemma 4 text models (per-layer head sizes and key/value heads,
 proportional RoPE, keys as values, per-layer embeddings, layers sharing
 keys and values, the expert mixture: the E2B, E4B, 26B-A4B and 31B
-layouts) are written in llama.cpp's ``gemma4`` layout (``gguf_gemma4.py``),
-checked against llama.cpp itself; keras_gemma's reader does not read that
-layout back, and the file carries no chat template (Gemma 4's Jinja
-template is not written here). Refused: RoPE scaling, layers sharing keys
+layouts) are written in llama.cpp's ``gemma4`` layout (``gguf_gemma4.py``,
+whose tensor table is the reader's, ``checkpoints/gguf_gemma4.py``),
+checked against llama.cpp itself and read back by keras_gemma's reader. Refused: RoPE scaling, layers sharing keys
 and values in a way llama.cpp's fixed rule does not, and int8 experts;
 export those with ``--format hf`` and run llama.cpp's
 ``convert_hf_to_gguf.py`` on the folder.
@@ -129,6 +128,7 @@ def export_gguf(model, destination, quantization=None, overwrite=False, *, progr
     metadata["tokenizer.chat_template"] = chat_template_for(tokenizer)
     if architecture == "gemma4":
         table = gguf_gemma4.expected_tensors(config)
+        gguf_gemma4.check_reads_back(config, metadata, table)
     else:
         check_expressible(config, architecture, metadata)
         table = gguf_reader.expected_tensors(config)

@@ -26,7 +26,8 @@ What llama.cpp's converter (``Gemma4Model``) and loader
 
 import numpy as np
 
-from keras_gemma.checkpoints import gguf as gguf_reader
+# The one tensor table, read by keras_gemma's reader too.
+from keras_gemma.checkpoints.gguf_gemma4 import NO_ROTATION, check_kv_sharing, expected_tensors  # noqa: F401
 
 # The Gemma 4 switches GGUF export cannot write yet, and their "off" values.
 UNSUPPORTED = {"rope_scaling_factor": 1.0}
@@ -42,21 +43,54 @@ def check_supported(config):
             "with --format hf (a Hugging Face folder) and convert that with "
             "llama.cpp's convert_hf_to_gguf.py."
         )
-    # llama.cpp: a shared sliding layer reuses the keys and values of layer
-    # first_shared - 2, a shared full layer those of first_shared - 1.
-    specs = _specs(config)
-    first_shared = config["num_layers"] - (config.get("num_kv_shared_layers") or 0)
-    for spec in specs[first_shared:]:
-        expected = first_shared - (2 if spec.sliding else 1)
-        if spec.kv_source != expected:
-            raise ValueError(
-                f"GGUF cannot express this Gemma 4 model: its layer {spec.index} "
-                f"reuses the keys and values of layer {spec.kv_source}, but "
-                f"llama.cpp takes those of layer {expected} (it needs the last "
-                "layer before the shared ones to be a full-attention layer and "
-                "the one before it a sliding one, as in E2B and E4B). Use "
-                "--format hf for this model."
-            )
+    try:
+        check_kv_sharing(config)
+    except ValueError as error:
+        raise ValueError(
+            f"GGUF cannot express this Gemma 4 model: {error} Use --format hf for this model."
+        ) from None
+
+
+def check_reads_back(config, metadata_values, table):
+    """Raises unless a reader of this metadata and these tensors builds
+    ``config``'s network: the reader is ours (``checkpoints.gguf_gemma4``),
+    which applies llama.cpp's fixed rules (queries not scaled, norms and
+    the value norm as in Google's Gemma 4), so a model that mixes in other
+    settings is refused instead of written to a file llama.cpp would run
+    differently."""
+    from keras_gemma.checkpoints.gguf_gemma4 import config_from_metadata
+
+    read = config_from_metadata(metadata_values, set(table), rope_freqs(config), "<export>")
+    ours, theirs = _semantics(config), _semantics(read)
+    problems = [f"{key}: the model has {ours[key]!r}, a gemma4 GGUF file gives {theirs[key]!r}"
+                for key in ours if ours[key] != theirs[key]]
+    if problems:
+        raise ValueError(
+            "GGUF cannot express this Gemma 4 model exactly; llama.cpp would "
+            "run a different network:\n  " + "\n  ".join(problems) + "\nUse "
+            "--format hf for this model."
+        )
+
+
+def _semantics(config):
+    """The settings that decide the computation: each layer's shape, and the
+    rest of the config (those that only feed the layers' shapes left out)."""
+    from keras_gemma.backbone import CONFIG_DEFAULTS
+
+    shaped_by_layers = {
+        "dropout", "sliding_window_pattern", "layer_types", "head_dim", "global_head_dim",
+        "num_key_value_heads", "num_global_key_value_heads", "attention_k_eq_v",
+        "intermediate_dim", "use_double_wide_mlp", "num_kv_shared_layers",
+        "rope_max_wavelength", "local_rope_max_wavelength", "rope_scaling_factor",
+        "rope_partial_rotary_factor", "per_layer_vocabulary_size",
+    }
+    values = {key: config.get(key, default) for key, default in CONFIG_DEFAULTS.items()
+              if key not in shaped_by_layers}
+    for key in ("vocabulary_size", "num_layers", "num_query_heads", "hidden_dim"):
+        values[key] = config[key]
+    values["layer_norm_epsilon"] = float(np.float32(config["layer_norm_epsilon"]))
+    values["layers"] = _specs(config)
+    return values
 
 
 def _specs(config):
@@ -107,98 +141,9 @@ def metadata(config):
     return values
 
 
-def expected_tensors(config):
-    """GGUF tensor name -> (our path, numpy shape in the file, conversion),
-    as ``checkpoints.gguf.expected_tensors`` (whose block names are reused);
-    conversions "copy" for norms (stored as is), "scalar" for the layer
-    scalar and "rope_freqs" for the generated frequency factors."""
-    hidden = config["hidden_dim"]
-    specs = _specs(config)
-    full_dim = next((spec.head_dim for spec in specs if not spec.sliding), config["head_dim"])
-    names = {ours: name for name, (ours, _) in gguf_reader._BLOCK_TENSORS.items()}
-    tensors = {
-        "token_embd.weight": ("token_embedding/embeddings", (config["vocabulary_size"], hidden), "copy"),
-        "output_norm.weight": ("final_norm/scale", (hidden,), "copy"),
-        "rope_freqs.weight": (None, (full_dim // 2,), "rope_freqs"),
-    }
-    per_layer = config.get("per_layer_input_dim") or 0
-    if per_layer:
-        width = per_layer * config["num_layers"]
-        tensors.update({
-            # Rows trimmed to the vocabulary, as the main embedding's.
-            "per_layer_token_embd.weight": (
-                "per_layer_embedding/token_embedding/embeddings",
-                (config["vocabulary_size"], width), "copy"),
-            "per_layer_model_proj.weight": ("per_layer_embedding/projection/kernel", (width, hidden), "kernel"),
-            "per_layer_proj_norm.weight": ("per_layer_embedding/projection_norm/scale", (per_layer,), "copy"),
-        })
-    for spec in specs:
-        i, head_dim, ff = spec.index, spec.head_dim, spec.intermediate_dim
-        keys = spec.num_key_value_heads * head_dim
-        queries = config["num_query_heads"] * head_dim
-        shapes = {
-            "pre_attention_norm/scale": (hidden,),
-            "attention/query/kernel": (queries, hidden),
-            "attention/key/kernel": (keys, hidden),
-            "attention/value/kernel": (keys, hidden),
-            "attention/output/kernel": (hidden, queries),
-            "attention/query_norm/scale": (head_dim,),
-            "attention/key_norm/scale": (head_dim,),
-            "post_attention_norm/scale": (hidden,),
-            "pre_feedforward_norm/scale": (hidden,),
-            "feedforward_gate/kernel": (ff, hidden),
-            "feedforward_up/kernel": (ff, hidden),
-            "feedforward_down/kernel": (hidden, ff),
-            "post_feedforward_norm/scale": (hidden,),
-        }
-        if spec.kv_source is not None:  # reuses an earlier layer's keys and values
-            for ours in ("attention/key/kernel", "attention/value/kernel", "attention/key_norm/scale"):
-                del shapes[ours]
-        elif spec.value_from_key:
-            del shapes["attention/value/kernel"]  # llama.cpp uses the keys
-        for ours, shape in shapes.items():
-            conversion = "kernel" if ours.endswith("kernel") else "copy"
-            tensors[f"blk.{i}.{names[ours]}.weight"] = (f"decoder_block_{i}/{ours}", shape, conversion)
-        if config.get("num_experts"):
-            tensors.update(_expert_tensors(config, i))
-        if per_layer:
-            prefix = f"decoder_block_{i}/"
-            tensors.update({
-                f"blk.{i}.inp_gate.weight": (prefix + "per_layer_input_gate/kernel", (per_layer, hidden), "kernel"),
-                f"blk.{i}.proj.weight": (prefix + "per_layer_projection/kernel", (hidden, per_layer), "kernel"),
-                f"blk.{i}.post_norm.weight": (prefix + "post_per_layer_input_norm/scale", (hidden,), "copy"),
-            })
-        if config.get("use_layer_scalar"):
-            tensors[f"blk.{i}.layer_output_scale.weight"] = (f"decoder_block_{i}/layer_scalar", (1,), "scalar")
-    return tensors
-
-
-def _expert_tensors(config, i):
-    """Block ``i``'s expert mixture (26B-A4B), beside its dense MLP: llama.cpp
-    normalizes the dense output with ``post_ffw_norm_1``, the experts' input
-    and output with ``pre_ffw_norm_2`` / ``post_ffw_norm_2``, and scores the
-    experts from the norm of the residual stream times ``ffn_gate_inp.scale``.
-    Conversion "experts" swaps the last two axes ((experts, in, out) -> the
-    file's (experts, out, in))."""
-    hidden, experts = config["hidden_dim"], config["num_experts"]
-    width = config["expert_intermediate_dim"]
-    prefix, block = f"decoder_block_{i}/", f"blk.{i}."
-    return {
-        block + "post_ffw_norm_1.weight": (prefix + "post_dense_feedforward_norm/scale", (hidden,), "copy"),
-        block + "pre_ffw_norm_2.weight": (prefix + "experts/pre_norm/scale", (hidden,), "copy"),
-        block + "post_ffw_norm_2.weight": (prefix + "experts/post_norm/scale", (hidden,), "copy"),
-        block + "ffn_gate_inp.weight": (prefix + "experts/router/kernel", (experts, hidden), "kernel"),
-        block + "ffn_gate_inp.scale": (prefix + "experts/router_scale", (hidden,), "copy"),
-        block + "ffn_gate_exps.weight": (prefix + "experts/gate/kernel", (experts, width, hidden), "experts"),
-        block + "ffn_up_exps.weight": (prefix + "experts/up/kernel", (experts, width, hidden), "experts"),
-        block + "ffn_down_exps.weight": (prefix + "experts/down/kernel", (experts, hidden, width), "experts"),
-        block + "ffn_down_exps.scale": (prefix + "experts/per_expert_scale", (experts,), "copy"),
-    }
-
-
 def rope_freqs(config):
     """Frequency factors of the full layers' proportional RoPE: the first
     ``head * factor / 2`` pairs rotate, the others get 1e30 (no rotation)."""
     full_dim = next((spec.head_dim for spec in _specs(config) if not spec.sliding), config["head_dim"])
     rotated = int(full_dim * config.get("rope_partial_rotary_factor", 1.0) / 2)
-    return np.asarray([1.0] * rotated + [1e30] * (full_dim // 2 - rotated), np.float32)
+    return np.asarray([1.0] * rotated + [NO_ROTATION] * (full_dim // 2 - rotated), np.float32)
