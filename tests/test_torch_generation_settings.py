@@ -4,7 +4,8 @@
 ``keras_gemma/backend.py``; these tests check what they select, that bad
 values are our error, that generation gives PyTorch its thread setting
 back, and (slow: it compiles) that the compiled step decodes the same
-greedy tokens as eager PyTorch.
+greedy tokens as eager PyTorch; the traced step (default for real models)
+gives the eager tokens for every family, sampler and int8.
 """
 
 import keras
@@ -13,7 +14,7 @@ import pytest
 
 import keras_gemma
 from keras_gemma import backend
-from tests.tiny_models import TINY_CONFIGS
+from tests.tiny_models import PADDING_MASK, TINY_CONFIGS, TOKEN_IDS
 
 torch_only = pytest.mark.skipif(
     keras.config.backend() != "torch", reason="PyTorch generation settings"
@@ -84,12 +85,77 @@ def test_generation_gives_torch_its_threads_back(monkeypatch):
 @torch_only
 def test_compile_setting(monkeypatch):
     model = tiny_model()
-    for setting, expected in (("0", False), ("off", False), ("1", True), ("auto", False)):
+    for setting, expected in (
+        ("0", "eager"), ("eager", "eager"), ("off", "eager"), ("trace", "trace"),
+        ("1", "inductor"), ("inductor", "inductor"), ("auto", "eager"), ("", "eager"),
+    ):
         monkeypatch.setenv(backend.TORCH_COMPILE_SETTING, setting)
-        assert backend.torch_compiles(model) is expected, setting
+        assert backend.torch_step_mode(model) == expected, setting
+        assert backend.torch_compiles(model) is (expected != "eager"), setting
     monkeypatch.setenv(backend.TORCH_COMPILE_SETTING, "sometimes")
     with pytest.raises(ValueError, match="KERAS_GEMMA_TORCH_COMPILE"):
-        backend.torch_compiles(model)
+        backend.torch_step_mode(model)
+
+
+@torch_only
+def test_auto_traces_models_of_100m_parameters(monkeypatch):
+    model = tiny_model()
+    monkeypatch.delenv(backend.TORCH_COMPILE_SETTING, raising=False)
+    monkeypatch.setattr(model, "count_params", lambda: backend.TORCH_COMPILE_MIN_PARAMETERS)
+    assert backend.torch_step_mode(model) == "trace"
+
+
+def batch_generate(model, token_ids, padding_mask, new=10):
+    out = model.generate(
+        {"token_ids": token_ids, "padding_mask": padding_mask},
+        max_length=token_ids.shape[1] + new, stop_token_ids=None,
+    )
+    return np.asarray(out["token_ids"])
+
+
+def tiny_family_model(family, sampler, quantize=False):
+    keras.utils.set_random_seed(0)
+    model = keras_gemma.GemmaCausalLM(
+        backbone=keras_gemma.GemmaBackbone(**TINY_CONFIGS[family]), preprocessor=None
+    )
+    if quantize:
+        model.quantize("int8")
+    model.compile(sampler=sampler)
+    return model
+
+
+@torch_only
+@pytest.mark.parametrize("family, sampler, quantize", [
+    ("gemma_mqa", "greedy", False),
+    ("gemma_mha", "greedy", False),
+    ("gemma2", "greedy", False),
+    ("gemma3", "greedy", False),
+    ("gemma3", "greedy", True),
+    ("gemma3", lambda: keras_gemma.samplers.TopKSampler(k=5, seed=3), False),
+    ("gemma2", lambda: keras_gemma.samplers.TopPSampler(p=0.9, seed=3), False),
+])
+def test_traced_decode_step_gives_the_eager_tokens(monkeypatch, family, sampler, quantize):
+    # A padded batch of 2 past the sliding window, then a second prompt of
+    # the same shape (the trace is reused: prompt tensors must be its
+    # inputs, not constants), then new weights (the same: variables).
+    second_ids = TOKEN_IDS[::-1].copy()
+    second_ids[1, 3] = 7
+
+    def run(mode):
+        monkeypatch.setenv(backend.TORCH_COMPILE_SETTING, mode)
+        # A new sampler per run: a seeded one moves its seed on each call.
+        model = tiny_family_model(family, sampler() if callable(sampler) else sampler, quantize)
+        outputs = [batch_generate(model, TOKEN_IDS, PADDING_MASK),
+                   batch_generate(model, second_ids, second_ids != 0)]
+        norm = model.backbone.get_layer("final_norm").weights[0]
+        norm.assign(np.linspace(-1.0, 1.0, norm.shape[0]).astype("float32"))
+        outputs.append(batch_generate(model, TOKEN_IDS, PADDING_MASK))
+        return outputs
+
+    eager, traced = run("eager"), run("trace")
+    assert not np.array_equal(eager[0], eager[2])  # the new weights change tokens
+    for traced_ids, eager_ids in zip(traced, eager):
+        np.testing.assert_array_equal(traced_ids, eager_ids)
 
 
 @torch_only
