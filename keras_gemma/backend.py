@@ -229,6 +229,27 @@ def _trace_key(value):
     return ("object", id(value))
 
 
+def fused_int8_matmul(inputs, levels, scales):
+    """``inputs @ dequantized(levels, scales).T`` without a float copy, or None.
+
+    ``levels`` (out, in) int8 and ``scales`` (out, in / group) as
+    ``quantization.py`` stores them. Only PyTorch inside a traced or
+    compiled ``compile_inference`` function has such a kernel
+    (``torch_int8.py``: eager PyTorch would otherwise write a float copy
+    of every matrix for every decoded token); None tells the caller to
+    dequantize and multiply as usual (XLA fuses that by itself).
+    """
+    if name() != "torch" or _LOOP_BODY_MODE.get()[0] == "eager":
+        return None
+    from keras_gemma import torch_int8
+
+    return torch_int8.grouped_int8_matmul(
+        keras.ops.convert_to_tensor(inputs),
+        keras.ops.convert_to_tensor(levels),
+        keras.ops.convert_to_tensor(scales),
+    )
+
+
 TORCH_THREADS_SETTING = "KERAS_GEMMA_TORCH_THREADS"
 
 

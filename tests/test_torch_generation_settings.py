@@ -8,6 +8,8 @@ greedy tokens as eager PyTorch; the traced step (default for real models)
 gives the eager tokens for every family, sampler and int8.
 """
 
+import gc
+
 import keras
 import numpy as np
 import pytest
@@ -119,7 +121,11 @@ def tiny_family_model(family, sampler, quantize=False):
         backbone=keras_gemma.GemmaBackbone(**TINY_CONFIGS[family]), preprocessor=None
     )
     if quantize:
-        model.quantize("int8")
+        # Keras' Layer.__delattr__ runs gc.collect() for each replaced
+        # kernel (~1 s each with torch loaded); nothing here needs it.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(gc, "collect", lambda *args: 0)
+            model.quantize("int8")
     model.compile(sampler=sampler)
     return model
 
@@ -156,6 +162,38 @@ def test_traced_decode_step_gives_the_eager_tokens(monkeypatch, family, sampler,
     assert not np.array_equal(eager[0], eager[2])  # the new weights change tokens
     for traced_ids, eager_ids in zip(traced, eager):
         np.testing.assert_array_equal(traced_ids, eager_ids)
+
+
+@torch_only
+@pytest.mark.parametrize("rows", [1, 3, 9])
+def test_fused_int8_matmul_is_the_dequantized_matmul(monkeypatch, rows):
+    from keras_gemma import quantization
+
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(96, 40)).astype("float32")  # (in, out)
+    levels, scales = quantization.quantize_groups(weights.T, axis=1)
+    inputs = rng.normal(size=(rows, 96)).astype("float32")
+    # Independent of both roads: numpy, levels times their group's scale.
+    expected = inputs @ (levels.astype("float32") * np.repeat(scales, 32, axis=1)).T
+    monkeypatch.setenv(backend.TORCH_COMPILE_SETTING, "trace")
+    model = tiny_model()
+    seen = []
+
+    def matmul(x):
+        fused = backend.fused_int8_matmul(x, keras.ops.convert_to_tensor(levels),
+                                          keras.ops.convert_to_tensor(scales))
+        seen.append(fused is not None)
+        return fused if fused is not None else x
+
+    result = backend.compile_inference(model, matmul)(keras.ops.convert_to_tensor(inputs))
+    # Decoding (a few rows) takes the fused kernel; a prefill the float copy.
+    assert seen == [rows <= 4]
+    if rows <= 4:
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(result), expected, rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv(backend.TORCH_COMPILE_SETTING, "eager")
+    seen.clear()
+    backend.compile_inference(model, matmul)(keras.ops.convert_to_tensor(inputs))
+    assert seen == [False]
 
 
 @torch_only
