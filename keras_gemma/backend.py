@@ -256,20 +256,26 @@ TORCH_THREADS_SETTING = "KERAS_GEMMA_TORCH_THREADS"
 def torch_inference_threads():
     """Intra-op threads for ``compile_inference`` functions on PyTorch.
 
-    Eager generation is ~1,000 small ops per token; every op that PyTorch
-    splits over threads waits until all its threads run, and on a CPU whose
-    cores are busy (or simply few) that wait costs more than the split
-    saves (2-core machine under load: 170 ms per decoded token with one
-    thread, 1,600 ms with two; see benchmarks/README.md).
-    ``KERAS_GEMMA_TORCH_THREADS``: a number, or ``auto`` (the default): half
-    of ``torch.get_num_threads()``, at least 1. Training, ``score`` and
-    everything outside these functions keep PyTorch's own setting.
+    Every op that PyTorch splits over threads waits until all its threads
+    run, and when other processes keep the cores busy that wait costs far
+    more than the split saves (2-core machine under load: 170 ms per
+    decoded token with one thread, 1,600 ms with two; an int8 traced step
+    28 against 5,300 ms; see benchmarks/README.md), while on idle cores
+    two threads read memory faster than one (~20 against ~12 GB/s), which
+    is what a memory-bound decode step needs.
+    ``KERAS_GEMMA_TORCH_THREADS``: a number, or ``auto`` (the default):
+    all of ``torch.get_num_threads()`` when that many cores are idle now
+    (``/proc/loadavg``'s runnable tasks, other than this one), else half
+    of them, at least 1. Training, ``score`` and everything outside these
+    functions keep PyTorch's own setting.
     """
-    import torch
-
     setting = os.environ.get(TORCH_THREADS_SETTING, "auto").strip().lower()
     if setting in ("", "auto"):
-        return max(1, _torch_threads_outside() // 2)
+        threads = _torch_threads_outside()
+        busy = _other_runnable_tasks()
+        if busy is not None and busy + threads <= (os.cpu_count() or 1):
+            return threads
+        return max(1, threads // 2)
     try:
         threads = int(setting)
     except ValueError:
@@ -277,9 +283,33 @@ def torch_inference_threads():
     if threads < 1:
         raise ValueError(
             f"{TORCH_THREADS_SETTING}={setting!r}: use a number of threads "
-            "(1 or more) or auto (half of torch.get_num_threads())."
+            "(1 or more) or auto (all of torch.get_num_threads() when the "
+            "cores are idle, else half)."
         )
     return threads
+
+
+def _other_runnable_tasks():
+    """Most tasks seen running or waiting for a core, not counting this one
+    (Linux: five readings of ``/proc/loadavg`` a millisecond apart), or None.
+
+    The most, not the least: each reading is a snapshot, and threads split
+    over a core that another task wants collapse (see above), so one busy
+    reading is reason enough for half.
+    """
+    import time
+
+    readings = []
+    for reading in range(5):
+        if reading:
+            time.sleep(0.001)
+        try:
+            with open("/proc/loadavg") as f:
+                runnable = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        readings.append(runnable - 1)  # the reading thread itself runs
+    return max(0, max(readings))
 
 
 _THREADS_OUTSIDE = contextvars.ContextVar("keras_gemma_torch_threads_outside", default=None)

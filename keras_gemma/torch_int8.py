@@ -11,8 +11,11 @@ matmul, so the same numbers up to float rounding).
 
 The kernel is compiled once, for any matrix shape (``dynamic=True``; a few
 seconds, kept in inductor's on-disk cache for later processes), and used
-for matmuls of at most ``MAX_ROWS`` input rows (decoding); longer inputs
-(a prefill) keep the float copy, whose one matmul then serves every row.
+for matmuls of at most ``MAX_ROWS`` input rows (decoding, up to batch 16);
+longer inputs (a prefill) keep the float copy, whose one matmul then
+serves every row. The LM head (262,144 x 640) with one thread, load ~2.6:
+1 row 39 ms fused against 57 ms float32 and 1,504 ms dequantize-then-
+matmul; 4 rows 140 / 123 / 1,015 ms; 16 rows 444 / 165 / 904 ms.
 It is a ``torch.library`` op so that a traced decode step
 (``backend._traced_step``) records it as one op. ``backend`` calls it; the
 model code stays ``keras.ops``.
@@ -22,7 +25,7 @@ import functools
 
 import torch
 
-MAX_ROWS = 4
+MAX_ROWS = 16
 
 
 def _grouped_int8_matmul(inputs, levels, scales):
