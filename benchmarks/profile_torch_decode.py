@@ -7,6 +7,8 @@ time into the buckets of benchmarks/README.md's profile table:
 - LM head: the (rows, hidden) x (hidden, 262,144) matmul,
 - matmuls: the other 2-D matmuls (projections, feed-forward),
 - attention: the batched matmuls and softmax of attention,
+- int8 fused: int8 matmuls run by keras_gemma/torch_int8.py's kernel
+  (LM head included: the profiler does not tell its shapes apart),
 - other ops: every other ATen op (norms, RoPE, masks, casts, cache writes),
 - Python and dispatch: wall time not spent inside any ATen op.
 
@@ -33,9 +35,10 @@ import numpy as np  # noqa: E402
 def bucket(event):
     name = event.key
     shapes = event.input_shapes or []
-    if name in ("aten::mm", "aten::addmm", "keras_gemma::grouped_int8_matmul") and shapes:
-        # The int8 kernel's shapes: inputs, (out, in) levels, scales.
+    if name in ("aten::mm", "aten::addmm") and shapes:
         return "lm_head" if any(262144 in shape for shape in shapes) else "matmul"
+    if "grouped_int8_matmul" in name or name.startswith(("Torch-Compiled Region", "## Call CompiledFxGraph")):
+        return "int8_fused"  # keras_gemma/torch_int8.py's kernel, LM head included
     if name in ("aten::bmm", "aten::_softmax", "aten::baddbmm"):
         return "attention"
     return "other"
@@ -116,7 +119,7 @@ def main():
             continue
         per_token, split = profile(model, ids, args.new)
         print(f"{head} {per_token * 1e3:.0f} ms per token (under the profiler)")
-        for key in ("lm_head", "matmul", "attention", "other", "python_dispatch"):
+        for key in ("lm_head", "matmul", "int8_fused", "attention", "other", "python_dispatch"):
             share = split.get(key, 0)
             print(f"  {key:16s} {share * 1e3:7.1f} ms  {100 * share / per_token:5.1f}%", flush=True)
 

@@ -44,7 +44,11 @@ def _compiled():
 
 @torch.library.custom_op("keras_gemma::grouped_int8_matmul", mutates_args=())
 def grouped_int8_matmul_op(inputs: torch.Tensor, levels: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    return _compiled()(inputs, levels, scales)
+    # Detached: torch.compile keeps an nn.Parameter's (a Keras variable's)
+    # shape static whatever ``dynamic`` says, so each matrix shape would
+    # compile again, and past dynamo's recompile limit the kernel would run
+    # as plain PyTorch, materializing (rows, out, in) floats.
+    return _compiled()(inputs.detach(), levels.detach(), scales.detach())
 
 
 @grouped_int8_matmul_op.register_fake
