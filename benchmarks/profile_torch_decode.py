@@ -7,15 +7,19 @@ time into the buckets of benchmarks/README.md's profile table:
 - LM head: the (rows, hidden) x (hidden, 262,144) matmul,
 - matmuls: the other 2-D matmuls (projections, feed-forward),
 - attention: the batched matmuls and softmax of attention,
+- int8 fused: int8 matmuls run by keras_gemma/torch_int8.py's kernel
+  (LM head included: the profiler does not tell its shapes apart),
 - other ops: every other ATen op (norms, RoPE, masks, casts, cache writes),
 - Python and dispatch: wall time not spent inside any ATen op.
 
 Only the decode loop is profiled (the prompt is prefilled before).
 
-    python benchmarks/profile_torch_decode.py --new 16 --threads 1,2 --batch 1,16
+    python benchmarks/profile_torch_decode.py --new 16 --threads 1,2 --modes eager,trace --batch 1,16
 
-``--threads`` sets ``KERAS_GEMMA_TORCH_THREADS`` for each measurement in
-turn (``auto`` is keras_gemma's default). Batches above 1 are timed without
+``--threads`` sets ``KERAS_GEMMA_TORCH_THREADS`` and ``--modes``
+``KERAS_GEMMA_TORCH_COMPILE`` for each measurement in turn (``auto`` is
+keras_gemma's default for both; for this model it traces the step).
+With ``--rounds 2`` every setting is measured twice, interleaved. Batches above 1 are timed without
 the profiler (wall time per decode step only).
 """
 
@@ -31,8 +35,10 @@ import numpy as np  # noqa: E402
 def bucket(event):
     name = event.key
     shapes = event.input_shapes or []
-    if name in ("aten::mm", "aten::addmm") and shapes and len(shapes[-1]) == 2:
-        return "lm_head" if 262144 in shapes[-1] or 262144 in shapes[0] else "matmul"
+    if name in ("aten::mm", "aten::addmm") and shapes:
+        return "lm_head" if any(262144 in shape for shape in shapes) else "matmul"
+    if "grouped_int8_matmul" in name or name.startswith(("Torch-Compiled Region", "## Call CompiledFxGraph")):
+        return "int8_fused"  # keras_gemma/torch_int8.py's kernel, LM head included
     if name in ("aten::bmm", "aten::_softmax", "aten::baddbmm"):
         return "attention"
     return "other"
@@ -87,26 +93,35 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=("float32", "int8"))
     parser.add_argument("--threads", default="auto", help="comma-separated settings")
     parser.add_argument("--batch", default="1", help="comma-separated batch sizes")
+    parser.add_argument("--modes", default="auto", help="comma-separated KERAS_GEMMA_TORCH_COMPILE settings")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     kwargs = {"quantize": "int8"} if args.dtype == "int8" else {"dtype": args.dtype}
     model = keras_gemma.GemmaCausalLM.from_preset("gemma3_270m", **kwargs)
     model.compile(sampler="greedy")
     prompt = np.array([2, 651, 6037, 529, 7001, 563, 496, 3207], "int32")
-    for batch in [int(b) for b in args.batch.split(",")]:
+    settings = [(batch, mode, threads)
+                for _ in range(args.rounds)
+                for batch in [int(b) for b in args.batch.split(",")]
+                for mode in args.modes.split(",")
+                for threads in args.threads.split(",")]
+    for batch, mode, threads in settings:
         ids = np.tile(prompt, (batch, 1))
-        for threads in args.threads.split(","):
-            os.environ[backend.TORCH_THREADS_SETTING] = threads
-            used = backend.torch_inference_threads()
-            head = (f"{args.dtype}, batch {batch}, {used} thread(s) (torch {torch.get_num_threads()}), "
-                    f"load average {os.getloadavg()[0]:.1f}:")
-            if batch > 1:
-                print(f"{head} {step_time(model, ids, args.new) * 1e3:.0f} ms per step", flush=True)
-                continue
-            per_token, split = profile(model, ids, args.new)
-            print(f"{head} {per_token * 1e3:.0f} ms per token (under the profiler)")
-            for key in ("lm_head", "matmul", "attention", "other", "python_dispatch"):
-                share = split.get(key, 0)
-                print(f"  {key:16s} {share * 1e3:7.1f} ms  {100 * share / per_token:5.1f}%", flush=True)
+        os.environ[backend.TORCH_THREADS_SETTING] = threads
+        os.environ[backend.TORCH_COMPILE_SETTING] = mode
+        model._generate_functions = {}  # a new trace per setting
+        used = backend.torch_inference_threads()
+        head = (f"{args.dtype}, batch {batch}, step {backend.torch_step_mode(model)}, "
+                f"{used} thread(s) (torch {torch.get_num_threads()}), "
+                f"load average {os.getloadavg()[0]:.1f}:")
+        if batch > 1:
+            print(f"{head} {step_time(model, ids, args.new) * 1e3:.0f} ms per step", flush=True)
+            continue
+        per_token, split = profile(model, ids, args.new)
+        print(f"{head} {per_token * 1e3:.0f} ms per token (under the profiler)")
+        for key in ("lm_head", "matmul", "int8_fused", "attention", "other", "python_dispatch"):
+            share = split.get(key, 0)
+            print(f"  {key:16s} {share * 1e3:7.1f} ms  {100 * share / per_token:5.1f}%", flush=True)
 
 
 if __name__ == "__main__":

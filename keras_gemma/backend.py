@@ -63,68 +63,191 @@ def compile_inference(model, function, donate_argnums=()):
 
     import torch
 
-    compile_steps = torch_compiles(model)
+    step_mode = torch_step_mode(model)
+    traces = {}
 
     def run_without_grad(*args):
-        token = _COMPILE_LOOP_BODIES.set(compile_steps)
+        token = _LOOP_BODY_MODE.set((step_mode, model, traces))
         try:
             with torch.no_grad(), _intra_op_threads(torch_inference_threads()):
                 return function(*args)
         finally:
-            _COMPILE_LOOP_BODIES.reset(token)
+            _LOOP_BODY_MODE.reset(token)
 
     return run_without_grad
 
 
-# -- PyTorch: compiled decode steps -------------------------------------------------
+# -- PyTorch: traced or compiled decode steps ---------------------------------------
 
 TORCH_COMPILE_SETTING = "KERAS_GEMMA_TORCH_COMPILE"
-# "auto" compiles models at least this big: compiling costs minutes on a
-# small CPU, which only a real model's generation pays back; the unit
-# tests' tiny models stay eager.
+TORCH_STEP_MODES = ("eager", "trace", "inductor")
+# "auto" traces models at least this big: a trace costs about one eager
+# step plus two profiling runs, which a real model's generation pays back
+# within a few tokens; the unit tests' tiny models (many shapes, few
+# tokens each) stay eager.
 TORCH_COMPILE_MIN_PARAMETERS = 100_000_000
-_COMPILE_LOOP_BODIES = contextvars.ContextVar("keras_gemma_compile_loop_bodies", default=False)
+# (mode, model, traces of this compile_inference function) while one runs.
+_LOOP_BODY_MODE = contextvars.ContextVar("keras_gemma_loop_body_mode", default=("eager", None, None))
 
 
-def torch_compiles(model):
-    """Whether generation on PyTorch compiles ``model``'s decode step.
+def torch_step_mode(model):
+    """How generation on PyTorch runs ``model``'s decode step.
 
-    ``KERAS_GEMMA_TORCH_COMPILE``: ``0`` (the default: eager), ``1`` (always)
-    or ``auto`` (models of at least 100M parameters).
+    ``KERAS_GEMMA_TORCH_COMPILE``:
+
+    - ``auto`` (the default): ``trace`` for models of at least 100M
+      parameters, ``eager`` below;
+    - ``trace``: the step's ATen ops are recorded once with
+      ``torch.jit.trace`` and replayed by TorchScript's executor, without
+      the Python, Keras and dispatch work of each op (a second or two to
+      trace; the same ops, so the same numbers);
+    - ``inductor`` (or ``1``): ``torch.compile`` with inductor (fused
+      kernels; minutes to compile on a small CPU);
+    - ``eager`` (or ``0``): op by op.
     """
-    setting = os.environ.get(TORCH_COMPILE_SETTING, "0").strip().lower()
-    if setting in ("", "0", "off", "false", "no"):
-        return False
-    if setting in ("1", "on", "true", "yes"):
-        return True
-    if setting == "auto":
-        return model.count_params() >= TORCH_COMPILE_MIN_PARAMETERS
+    setting = os.environ.get(TORCH_COMPILE_SETTING, "auto").strip().lower()
+    if setting in ("0", "off", "false", "no", "eager"):
+        return "eager"
+    if setting in ("1", "on", "true", "yes", "inductor"):
+        return "inductor"
+    if setting == "trace":
+        return "trace"
+    if setting in ("", "auto"):
+        return "trace" if model.count_params() >= TORCH_COMPILE_MIN_PARAMETERS else "eager"
     raise ValueError(
-        f"{TORCH_COMPILE_SETTING}={setting!r}: use 0 (eager), 1 (compile) or auto "
-        f"(compile models of at least {TORCH_COMPILE_MIN_PARAMETERS:,} parameters)."
+        f"{TORCH_COMPILE_SETTING}={setting!r}: use auto (trace models of at least "
+        f"{TORCH_COMPILE_MIN_PARAMETERS:,} parameters), trace, inductor (or 1) "
+        "or eager (or 0)."
     )
 
 
+def torch_compiles(model):
+    """Whether generation on PyTorch runs ``model``'s decode step other than eagerly."""
+    return torch_step_mode(model) != "eager"
+
+
 def while_loop(cond, body, loop_vars):
-    """``keras.ops.while_loop``; on PyTorch, optionally with a compiled body.
+    """``keras.ops.while_loop``; on PyTorch, optionally with a traced or compiled body.
 
     JAX and TensorFlow compile the whole loop with the function around it.
-    Eager PyTorch runs ``body`` op by op, and each op pays Python, dispatch
-    and thread start-up costs (hundreds per decoded token); inside a
-    ``compile_inference`` function of a model that ``torch_compiles``,
-    ``body`` is compiled with ``torch.compile`` (fused kernels, one call per
-    step) and the loop itself stays in Python. ``torch.compile`` caches the
-    program by ``body``'s code, so a new closure of the same body reuses it.
+    Eager PyTorch runs ``body`` op by op, and each op pays Python, Keras
+    and dispatch costs (~1,000 ops, a third of a decoded token's time for
+    gemma3_270m). Inside a ``compile_inference`` function, ``body`` runs
+    as ``torch_step_mode`` says (see ``_traced_step``; inductor:
+    ``torch.compile``, which caches the program by ``body``'s code), and
+    the loop itself stays in Python.
     """
     if name() != "torch":
         return keras.ops.while_loop(cond, body, loop_vars)
     import torch
 
-    step = torch.compile(body) if _COMPILE_LOOP_BODIES.get() else body
+    mode, model, traces = _LOOP_BODY_MODE.get()
     loop_vars = tuple(loop_vars)
+    if mode == "inductor":
+        step = torch.compile(body)
+    elif mode == "trace" and bool(cond(*loop_vars)):
+        step = _traced_step(body, loop_vars, model, traces)
+    else:
+        step = body
     while bool(cond(*loop_vars)):
         loop_vars = tuple(step(*loop_vars))
     return loop_vars
+
+
+def _traced_step(body, loop_vars, model, traces):
+    """``body`` as a TorchScript trace: its ATen ops, replayed without Python.
+
+    Every tensor the step reads is an input of the trace, none a constant
+    in it: the loop variables, the tensors ``body`` closes over (a decode
+    loop's padding mask, sampling uniforms, stop ids) and the model's
+    variables (through a ``StatelessScope``), so a new prompt or new
+    weights never meet a stale trace. One trace per code, input shapes
+    and closed-over Python values, kept by the ``compile_inference``
+    function. A trace replays the ops of the step it recorded, so ``body``
+    must not choose ops by tensor values read into Python
+    (``bool(tensor)``, ``int(tensor)``); shapes may.
+    """
+    import types
+    import warnings
+
+    import torch
+
+    cells = body.__closure__ or ()
+    closed = [cell.cell_contents for cell in cells]
+    tensor_cells = [i for i, value in enumerate(closed) if isinstance(value, torch.Tensor)]
+    flat = keras.tree.flatten(loop_vars)
+    key = (
+        body.__code__,
+        str(keras.tree.map_structure(lambda _: 0, loop_vars)),
+        tuple(_trace_key(value) for value in (*flat, *closed)),
+    )
+    variables = list(model.variables)
+    if key not in traces:
+
+        def stateless(values, closed_tensors, *flat_args):
+            new_cells = [types.CellType(value) for value in closed]
+            for i, tensor in zip(tensor_cells, closed_tensors):
+                new_cells[i] = types.CellType(tensor)
+            traced_body = types.FunctionType(
+                body.__code__, body.__globals__, body.__name__, body.__defaults__, tuple(new_cells)
+            )
+            # Filled after construction: the constructor would convert and
+            # check each value, ~300 more ops recorded into the trace.
+            scope = keras.StatelessScope()
+            scope.state_mapping.update({id(v): value for v, value in zip(variables, values)})
+            with scope:
+                outputs = traced_body(*keras.tree.pack_sequence_as(loop_vars, flat_args))
+            return tuple(keras.tree.flatten(tuple(outputs)))
+
+        # Keras turns shapes into Python ints as it goes, and the tracer warns
+        # about each; shapes are fixed per trace (they are in the key). What
+        # the warnings guard against, ops depending on tensor values read
+        # into Python, our decode steps do not do (their tests compare
+        # traced and eager tokens over many steps, every sampler).
+        inputs = ([v.value for v in variables], [closed[i] for i in tensor_cells], *flat)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traces[key] = torch.jit.trace(stateless, inputs, strict=False, check_trace=False)
+    traced = traces[key]
+    values = [v.value for v in variables]
+    closed_tensors = [closed[i] for i in tensor_cells]
+
+    def step(*args):
+        outputs = traced(values, closed_tensors, *keras.tree.flatten(args))
+        return keras.tree.pack_sequence_as(loop_vars, outputs)
+
+    return step
+
+
+def _trace_key(value):
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype, value.device)
+    if isinstance(value, (bool, int, float, str, type(None))):
+        return value
+    return ("object", id(value))
+
+
+def fused_int8_matmul(inputs, levels, scales):
+    """``inputs @ dequantized(levels, scales).T`` without a float copy, or None.
+
+    ``levels`` (out, in) int8 and ``scales`` (out, in / group) as
+    ``quantization.py`` stores them. Only PyTorch inside a traced or
+    compiled ``compile_inference`` function has such a kernel
+    (``torch_int8.py``: eager PyTorch would otherwise write a float copy
+    of every matrix for every decoded token); None tells the caller to
+    dequantize and multiply as usual (XLA fuses that by itself).
+    """
+    if name() != "torch" or _LOOP_BODY_MODE.get()[0] == "eager":
+        return None
+    from keras_gemma import torch_int8
+
+    return torch_int8.grouped_int8_matmul(
+        keras.ops.convert_to_tensor(inputs),
+        keras.ops.convert_to_tensor(levels),
+        keras.ops.convert_to_tensor(scales),
+    )
 
 
 TORCH_THREADS_SETTING = "KERAS_GEMMA_TORCH_THREADS"
@@ -133,20 +256,26 @@ TORCH_THREADS_SETTING = "KERAS_GEMMA_TORCH_THREADS"
 def torch_inference_threads():
     """Intra-op threads for ``compile_inference`` functions on PyTorch.
 
-    Eager generation is ~1,000 small ops per token; every op that PyTorch
-    splits over threads waits until all its threads run, and on a CPU whose
-    cores are busy (or simply few) that wait costs more than the split
-    saves (2-core machine under load: 170 ms per decoded token with one
-    thread, 1,600 ms with two; see benchmarks/README.md).
-    ``KERAS_GEMMA_TORCH_THREADS``: a number, or ``auto`` (the default): half
-    of ``torch.get_num_threads()``, at least 1. Training, ``score`` and
-    everything outside these functions keep PyTorch's own setting.
+    Every op that PyTorch splits over threads waits until all its threads
+    run, and when other processes keep the cores busy that wait costs far
+    more than the split saves (2-core machine under load: 170 ms per
+    decoded token with one thread, 1,600 ms with two; an int8 traced step
+    28 against 5,300 ms; see benchmarks/README.md), while on idle cores
+    two threads read memory faster than one (~20 against ~12 GB/s), which
+    is what a memory-bound decode step needs.
+    ``KERAS_GEMMA_TORCH_THREADS``: a number, or ``auto`` (the default):
+    all of ``torch.get_num_threads()`` when that many cores are idle now
+    (``/proc/loadavg``'s runnable tasks, other than this one), else half
+    of them, at least 1. Training, ``score`` and everything outside these
+    functions keep PyTorch's own setting.
     """
-    import torch
-
     setting = os.environ.get(TORCH_THREADS_SETTING, "auto").strip().lower()
     if setting in ("", "auto"):
-        return max(1, _torch_threads_outside() // 2)
+        threads = _torch_threads_outside()
+        busy = _other_runnable_tasks()
+        if busy is not None and busy + threads <= (os.cpu_count() or 1):
+            return threads
+        return max(1, threads // 2)
     try:
         threads = int(setting)
     except ValueError:
@@ -154,9 +283,33 @@ def torch_inference_threads():
     if threads < 1:
         raise ValueError(
             f"{TORCH_THREADS_SETTING}={setting!r}: use a number of threads "
-            "(1 or more) or auto (half of torch.get_num_threads())."
+            "(1 or more) or auto (all of torch.get_num_threads() when the "
+            "cores are idle, else half)."
         )
     return threads
+
+
+def _other_runnable_tasks():
+    """Most tasks seen running or waiting for a core, not counting this one
+    (Linux: five readings of ``/proc/loadavg`` a millisecond apart), or None.
+
+    The most, not the least: each reading is a snapshot, and threads split
+    over a core that another task wants collapse (see above), so one busy
+    reading is reason enough for half.
+    """
+    import time
+
+    readings = []
+    for reading in range(5):
+        if reading:
+            time.sleep(0.001)
+        try:
+            with open("/proc/loadavg") as f:
+                runnable = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        readings.append(runnable - 1)  # the reading thread itself runs
+    return max(0, max(readings))
 
 
 _THREADS_OUTSIDE = contextvars.ContextVar("keras_gemma_torch_threads_outside", default=None)

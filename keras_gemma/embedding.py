@@ -49,6 +49,9 @@ class TiedEmbedding(keras.layers.Layer):
         dtype = self.compute_dtype
         if reverse:
             levels = levels_in_context(self.embeddings_int8)
+            logits = backend.fused_int8_matmul(inputs, levels, self.embeddings_scale)
+            if logits is not None:
+                return logits
             matrix = dequantize_groups(levels, self.embeddings_scale, 1, dtype)
             return ops.matmul(inputs, ops.transpose(matrix))
         ids = ops.cast(inputs, "int32")

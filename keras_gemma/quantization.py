@@ -225,7 +225,9 @@ class QuantizableDense(keras.layers.Dense):
     def call(self, inputs, training=None):
         if not self.is_int8:
             return super().call(inputs, training=training)
-        outputs = ops.matmul(inputs, ops.transpose(self._dequantized_transposed_kernel()))
+        outputs = backend.fused_int8_matmul(inputs, levels_in_context(self._kernel), self.kernel_scale)
+        if outputs is None:
+            outputs = ops.matmul(inputs, ops.transpose(self._dequantized_transposed_kernel()))
         if self.lora_enabled:
             update = ops.matmul(ops.matmul(inputs, self.lora_kernel_a), self.lora_kernel_b)
             outputs = outputs + ops.cast((self.lora_alpha / self.lora_rank) * update, outputs.dtype)
