@@ -22,6 +22,8 @@ decided by the mask the caller passes in.
 import keras
 from keras import ops
 
+from keras_gemma import backend
+from keras_gemma import xla_cpu
 from keras_gemma.quantization import QuantizableDense
 from keras_gemma.rms_norm import RMSNorm
 from keras_gemma.rotary_embedding import apply_rotary
@@ -162,12 +164,22 @@ class GemmaAttention(keras.layers.Layer):
             elif cache is not None:
                 key_cache, value_cache = cache
                 start = [0, cache_update_index, 0, 0]
-                key = ops.slice_update(
-                    key_cache, start, ops.cast(key, key_cache.dtype)
-                )
-                value = ops.slice_update(
-                    value_cache, start, ops.cast(value, value_cache.dtype)
-                )
+                key = ops.cast(key, key_cache.dtype)
+                value = ops.cast(value, value_cache.dtype)
+                # One decoded token, compiled: see _attend_one_step.
+                if backend.compiles_loops() and backend.static_size(ops.shape(x)[1]) == 1:
+                    output = self._attend_one_step(
+                        query, cache, (key, value), attention_mask,
+                        cache_update_index, training,
+                    )
+                    # Written after the reads, so XLA writes in place.
+                    updated = (
+                        ops.slice_update(key_cache, start, xla_cpu.after(output, key)),
+                        ops.slice_update(value_cache, start, xla_cpu.after(output, value)),
+                    )
+                    return self.output_projection(output), updated
+                key = ops.slice_update(key_cache, start, key)
+                value = ops.slice_update(value_cache, start, value)
         key_value = (key, value)
         key = ops.cast(key, self.compute_dtype)
         value = ops.cast(value, self.compute_dtype)
@@ -192,32 +204,90 @@ class GemmaAttention(keras.layers.Layer):
         key = apply_rotary(key, rotary_cos, rotary_sin)
         return key, value
 
-    def _attend(self, query, key, value, attention_mask, training):
+    def _grouped_query(self, query):
         batch, time = ops.shape(query)[0], ops.shape(query)[1]
         groups = self.num_query_heads // self.num_key_value_heads
         if self.query_pre_attn_scalar != 1:
             query = query * ops.cast(self.query_pre_attn_scalar**-0.5, query.dtype)
         # Group query heads by the key/value head they share, so a single
         # key/value head is never copied `groups` times.
-        query = ops.reshape(
+        return ops.reshape(
             query,
             (batch, time, self.num_key_value_heads, groups, self.head_dim),
         )
-        logits = ops.einsum("btkgh,bskh->bkgts", query, key)
+
+    def _masked_logits(self, logits, mask):
         logits = ops.cast(logits, "float32")
         if self.attention_logit_soft_cap is not None:
             cap = self.attention_logit_soft_cap
             logits = ops.tanh(logits / cap) * cap
-        mask = attention_mask[:, None, None, :, :]
-        logits = ops.where(mask, logits, MASKED_LOGIT)
+        return ops.where(mask, logits, MASKED_LOGIT)
+
+    def _probabilities(self, logits, training):
         probabilities = ops.softmax(logits, axis=-1)
         probabilities = ops.cast(probabilities, self.compute_dtype)
         if self.dropout:
             probabilities = self.dropout_layer(probabilities, training=training)
-        output = ops.einsum("bkgts,bskh->btkgh", probabilities, value)
+        return probabilities
+
+    def _merge_heads(self, output):
+        batch, time = ops.shape(output)[0], ops.shape(output)[1]
         return ops.reshape(
             output, (batch, time, self.num_query_heads * self.head_dim)
         )
+
+    def _attend(self, query, key, value, attention_mask, training):
+        query = self._grouped_query(query)
+        logits = ops.einsum("btkgh,bskh->bkgts", query, key)
+        logits = self._masked_logits(logits, attention_mask[:, None, None, :, :])
+        probabilities = self._probabilities(logits, training)
+        output = ops.einsum("bkgts,bskh->btkgh", probabilities, value)
+        return self._merge_heads(output)
+
+    def _attend_one_step(self, query, cache, new_key_value, attention_mask, index, training):
+        """``_attend`` for one new token: the old cache, and the new key and
+        value beside it, instead of the cache with them written in.
+
+        Same result (the cache's own slot at ``index`` is masked, the new key
+        takes its place), but the written cache is then only the step's
+        output: XLA updates it in place. Attending to the written cache
+        made XLA copy every layer's cache several times per step (the
+        write was fused into both of its readers), ~0.6 GB per step at
+        batch 16 for Gemma 3 270M at 256 positions.
+        """
+        (key_cache, value_cache), (key, value) = cache, new_key_value
+        compute_dtype = self.compute_dtype
+        query = self._grouped_query(query)
+        cache_length = ops.shape(key_cache)[1]
+        old_slot = ops.arange(cache_length, dtype="int32") == ops.cast(index, "int32")
+        cache_mask = ops.logical_and(attention_mask, ops.logical_not(old_slot))
+        # (The mask's batch may be 1, broadcast.)
+        mask_rows = ops.shape(attention_mask)[0]
+        own_mask = ops.slice(attention_mask, [0, 0, index], [mask_rows, 1, 1])
+        logits = ops.concatenate(
+            [
+                self._masked_logits(
+                    ops.einsum("btkgh,bskh->bkgts", query, ops.cast(key_cache, compute_dtype)),
+                    cache_mask[:, None, None, :, :],
+                ),
+                self._masked_logits(
+                    ops.einsum("btkgh,bskh->bkgts", query, ops.cast(key, compute_dtype)),
+                    own_mask[:, None, None, :, :],
+                ),
+            ],
+            axis=-1,
+        )
+        probabilities = self._probabilities(logits, training)
+        output = ops.einsum(
+            "bkgts,bskh->btkgh",
+            probabilities[..., :cache_length],
+            ops.cast(value_cache, compute_dtype),
+        ) + ops.einsum(
+            "bkgts,bskh->btkgh",
+            probabilities[..., cache_length:],
+            ops.cast(value, compute_dtype),
+        )
+        return self._merge_heads(output)
 
     def get_config(self):
         return {

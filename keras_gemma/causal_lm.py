@@ -420,15 +420,20 @@ class GemmaCausalLM(keras.Model):
         if seed is None:
             seed = self.sampler.next_seed()
         state = self._start_generation(
-            batch["token_ids"], batch["padding_mask"], stop_ids, seed
+            batch["token_ids"], batch["padding_mask"], stop_ids, seed,
+            sample_first=True,
         )
         return self._stream_pieces(state, stop_ids)
 
     def _stream_pieces(self, state, stop_ids):
         tokenizer = self.preprocessor.tokenizer
         new_ids, emitted = [], ""
-        while state["index"] < state["max_length"]:
-            state = self._decode(state, end=state["index"] + 1)
+        while True:
+            # The prefill samples the first token, each decode call one more.
+            if len(new_ids) == state["index"] - state["prompt_end"]:
+                if state["index"] >= state["max_length"]:
+                    break
+                state = self._decode(state, end=state["index"] + 1)
             if state["done"]:
                 break  # the token just sampled is a stop token
             token = int(state["token_ids"][0, state["index"] - 1])
@@ -446,8 +451,13 @@ class GemmaCausalLM(keras.Model):
             yield text[len(emitted):]
 
     def _generate_tokens(self, token_ids, padding_mask, stop_ids, seed):
-        state = self._start_generation(token_ids, padding_mask, stop_ids, seed)
-        state = self._decode(state, end=state["max_length"])
+        state = self._start_generation(
+            token_ids, padding_mask, stop_ids, seed, sample_first=True
+        )
+        # One new token (or a stop right away) needs no decode loop, so
+        # none is compiled for it.
+        if state["index"] < state["max_length"] and not state["done"]:
+            state = self._decode(state, end=state["max_length"])
         return state["token_ids"][:, : state["max_length"]]
 
     def _compiled(self, name, make, *key):
@@ -458,8 +468,14 @@ class GemmaCausalLM(keras.Model):
             self._generate_functions[key] = make()
         return self._generate_functions[key]
 
-    def _start_generation(self, token_ids, padding_mask, stop_ids, seed):
-        """Pads to the length bucket, prefills the cache; returns the state."""
+    def _start_generation(self, token_ids, padding_mask, stop_ids, seed, sample_first=False):
+        """Pads to the length bucket, prefills the cache; returns the state.
+
+        ``sample_first``: the prefill also samples the token after the
+        shortest prompt (from its last position's hidden state, as the
+        decode loop would), so a first token needs one compiled program,
+        not two; the state's ``index`` is then one further.
+        """
         batch_size, max_length = token_ids.shape
         # Arrays (and the cache) take the bucket's length, so every
         # max_length in a bucket reuses one compiled program; the decode loop
@@ -471,28 +487,47 @@ class GemmaCausalLM(keras.Model):
         shortest = int(padding_mask.sum(axis=1).min())
         prefill_length = min(bucket, -(-shortest // PREFILL_BUCKET) * PREFILL_BUCKET)
         self._check_generation(batch_size, max_length, prefill_length)
+        sample_first = sample_first and shortest < max_length
+        sampler = self.sampler if sample_first else None
         prefill = self._compiled(
             "prefill",
-            lambda: backend.compile_inference(self, self._make_prefill(prefill_length)),
+            lambda: backend.compile_inference(
+                self, self._make_prefill(prefill_length, sampler)
+            ),
             prefill_length,
+            sample_first,
         )
         rng = np.random.default_rng(seed)
         uniforms = rng.random((bucket, batch_size), dtype="float32")
         # A fixed number of stop-id slots, so new stop lists reuse the program.
         stop = np.full((max(4, len(stop_ids)),), -1, "int32")
         stop[: len(stop_ids)] = stop_ids
-        token_tensor = ops.convert_to_tensor(token_ids, "int32")
-        return {
+        state = {
             "token_ids": token_ids,
-            "token_tensor": token_tensor,
+            "token_tensor": ops.convert_to_tensor(token_ids, "int32"),
             "padding_mask": ops.convert_to_tensor(padding_mask, "bool"),
             "uniforms": ops.convert_to_tensor(uniforms, "float32"),
             "stop_ids": ops.convert_to_tensor(stop, "int32"),
-            "cache": prefill(token_tensor),
             "finished": ops.zeros((batch_size,), "bool"),
             "index": shortest,
+            "prompt_end": shortest,
             "done": False,
             "max_length": max_length,
+        }
+        if not sample_first:
+            return {**state, "cache": prefill(state["token_tensor"])}
+        cache, token_tensor, finished = prefill(
+            state["token_tensor"], state["padding_mask"], state["uniforms"],
+            state["stop_ids"], ops.convert_to_tensor(shortest, "int32"),
+        )
+        return {
+            **state,
+            "token_ids": np.asarray(ops.convert_to_numpy(token_tensor)).astype("int32"),
+            "token_tensor": token_tensor,
+            "cache": cache,
+            "finished": finished,
+            "index": shortest + 1,
+            "done": bool(np.all(ops.convert_to_numpy(finished))),
         }
 
     def _decode(self, state, end):
@@ -524,16 +559,26 @@ class GemmaCausalLM(keras.Model):
             "done": bool(np.all(ops.convert_to_numpy(finished))),
         }
 
-    def _make_prefill(self, prefill_length):
+    def _make_prefill(self, prefill_length, sampler=None):
+        """The cache of the first ``prefill_length`` positions; with a
+        ``sampler``, also the token at ``index`` chosen (see ``_next_token``)."""
         backbone = self.backbone
 
-        def prefill(token_ids):
+        def prefill(token_ids, padding_mask=None, uniforms=None, stop_ids=None, index=None):
             batch_size, length = ops.shape(token_ids)
             cache = backbone.init_cache(batch_size, length)
-            _, cache = backbone.compute_hidden_states(
+            hidden, cache = backbone.compute_hidden_states(
                 token_ids[:, :prefill_length], cache=cache, cache_update_index=0
             )
-            return cache
+            if sampler is None:
+                return cache
+            last = ops.take(hidden, index - 1, axis=1)[:, None, :]
+            logits = backbone.compute_logits(last)[:, 0, :]
+            finished = ops.zeros((batch_size,), "bool")
+            token_ids, finished = _next_token(
+                sampler, logits, index, token_ids, padding_mask, uniforms, stop_ids, finished
+            )
+            return cache, token_ids, finished
 
         return prefill
 
@@ -557,16 +602,9 @@ class GemmaCausalLM(keras.Model):
                         previous, cache=cache, cache_update_index=index - 1
                     )
                     logits = backbone.compute_logits(hidden)[:, 0, :]
-                sampled = sampler(logits, ops.take(uniforms, index, axis=0))
-                in_prompt = ops.take(padding_mask, index, axis=1)
-                given = ops.take(token_ids, index, axis=1)
-                next_token = ops.where(in_prompt, given, sampled)
-                token_ids = ops.slice_update(
-                    token_ids, [0, index], ops.cast(next_token[:, None], token_ids.dtype)
-                )
-                is_stop = ops.any(next_token[:, None] == stop_ids[None, :], axis=-1)
-                finished = ops.logical_or(
-                    finished, ops.logical_and(ops.logical_not(in_prompt), is_stop)
+                token_ids, finished = _next_token(
+                    sampler, logits, index, token_ids, padding_mask, uniforms,
+                    stop_ids, finished,
                 )
                 return index + 1, token_ids, cache, finished
 
@@ -689,6 +727,23 @@ class GemmaCausalLM(keras.Model):
     def load_assets(self, dir_path):
         if self.preprocessor is not None and not self.preprocessor.has_tokenizer:
             self.preprocessor.tokenizer = GemmaTokenizer.load_assets(dir_path)
+
+
+def _next_token(sampler, logits, index, token_ids, padding_mask, uniforms, stop_ids, finished):
+    """Writes the token at ``index`` (the prompt's where it has one, else
+    sampled from ``logits``); marks rows that sampled a stop token."""
+    sampled = sampler(logits, ops.take(uniforms, index, axis=0))
+    in_prompt = ops.take(padding_mask, index, axis=1)
+    given = ops.take(token_ids, index, axis=1)
+    next_token = ops.where(in_prompt, given, sampled)
+    token_ids = ops.slice_update(
+        token_ids, [0, index], ops.cast(next_token[:, None], token_ids.dtype)
+    )
+    is_stop = ops.any(next_token[:, None] == stop_ids[None, :], axis=-1)
+    finished = ops.logical_or(
+        finished, ops.logical_and(ops.logical_not(in_prompt), is_stop)
+    )
+    return token_ids, finished
 
 
 def _is_text(x):

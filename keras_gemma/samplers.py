@@ -17,6 +17,8 @@ for call ``n`` is ``[seed, n]``). ``generate(seed=...)`` overrides it.
 import keras
 from keras import ops
 
+from keras_gemma import xla_cpu
+
 
 def _register(cls):
     return keras.saving.register_keras_serializable(package="keras_gemma")(cls)
@@ -85,7 +87,7 @@ class GreedySampler(Sampler):
         super().__init__(temperature)
 
     def __call__(self, logits, uniform):
-        return ops.cast(ops.argmax(logits, axis=-1), "int32")
+        return xla_cpu.argmax(logits)
 
     def get_config(self):
         return {}

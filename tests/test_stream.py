@@ -51,7 +51,13 @@ def test_a_character_split_over_byte_tokens_arrives_whole(lm, monkeypatch):
         return {**state, "token_ids": token_ids, "index": state["index"] + 1,
                 "done": token == 1}
 
+    start_generation = lm._start_generation
+
+    def start_without_sampling(*args, sample_first=False, **kwargs):
+        return start_generation(*args, **kwargs)  # every token from the script
+
     monkeypatch.setattr(lm, "_decode", scripted_decode)
+    monkeypatch.setattr(lm, "_start_generation", start_without_sampling)
     assert list(lm.stream("Hi", max_length=16)) == ["é", "€"]
 
 
