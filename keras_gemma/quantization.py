@@ -141,6 +141,36 @@ def dequantize_groups(levels, scales, axis, dtype):
     return ops.reshape(values, shape)
 
 
+# XLA:CPU fuses the dequantization into a matrix-vector product, reading the
+# int8 levels straight from memory, only while the vector is under 16 KiB
+# (4096 float32 values; the CPU fusion rule for dots); past that it first
+# writes a transposed float32 copy of the whole matrix, 20-40x slower
+# (Gemma 4's 6144- and 12288-wide down projections). Longer contractions
+# are therefore cut into slices of this many inputs, each its own fused
+# product; a fusion barrier on each partial result stops XLA from merging
+# the sum back into the products (which would undo the fusion).
+MATVEC_SLICE = 2048
+
+
+def grouped_matmul(inputs, levels, scales, dtype):
+    """``inputs @ W.T`` for W (out, in) stored as int8 ``levels`` and group ``scales``."""
+    levels = levels_in_context(levels)
+    width = levels.shape[-1]
+    if width <= MATVEC_SLICE or width % GROUP_SIZE or not backend.compiles_loops():
+        return ops.matmul(inputs, ops.transpose(dequantize_groups(levels, scales, 1, dtype)))
+    partial_sums = []
+    for begin in range(0, width, MATVEC_SLICE):
+        end = min(begin + MATVEC_SLICE, width)
+        matrix = dequantize_groups(
+            levels[:, begin:end], scales[:, begin // GROUP_SIZE : end // GROUP_SIZE], 1, dtype
+        )
+        partial_sums.append(backend.fusion_barrier(ops.matmul(inputs[..., begin:end], ops.transpose(matrix))))
+    total = partial_sums[0]
+    for partial in partial_sums[1:]:
+        total = total + partial
+    return total
+
+
 class QuantizableDense(keras.layers.Dense):
     """``keras.layers.Dense`` whose ``quantize("int8")`` keeps group scales.
 
@@ -225,7 +255,7 @@ class QuantizableDense(keras.layers.Dense):
     def call(self, inputs, training=None):
         if not self.is_int8:
             return super().call(inputs, training=training)
-        outputs = ops.matmul(inputs, ops.transpose(self._dequantized_transposed_kernel()))
+        outputs = grouped_matmul(inputs, self._kernel, self.kernel_scale, self.compute_dtype)
         if self.lora_enabled:
             update = ops.matmul(ops.matmul(inputs, self.lora_kernel_a), self.lora_kernel_b)
             outputs = outputs + ops.cast((self.lora_alpha / self.lora_rank) * update, outputs.dtype)
