@@ -153,22 +153,64 @@ MATVEC_SLICE = 2048
 
 
 def grouped_matmul(inputs, levels, scales, dtype):
-    """``inputs @ W.T`` for W (out, in) stored as int8 ``levels`` and group ``scales``."""
+    """``inputs @ W.T`` for W (out, in) stored as int8 ``levels`` and group ``scales``.
+
+    One row (a decode step at batch 1): a fused matrix-vector product, in
+    slices when the contraction is wide. More rows: block by block
+    (``DEQUANTIZED_BLOCK_BYTES``). PyTorch, which fuses nothing, takes the
+    plain formula.
+    """
     levels = levels_in_context(levels)
-    width = levels.shape[-1]
-    if width <= MATVEC_SLICE or width % GROUP_SIZE or not backend.compiles_loops():
+    if not backend.compiles_loops():
         return ops.matmul(inputs, ops.transpose(dequantize_groups(levels, scales, 1, dtype)))
-    partial_sums = []
+    if _static_rows(inputs) != 1:
+        return _blockwise_matmul(inputs, levels, scales, dtype)
+    return _sliced_matvec(inputs, levels, scales, dtype)
+
+
+def _sliced_matvec(inputs, levels, scales, dtype):
+    width = levels.shape[-1]
+    if width <= MATVEC_SLICE or width % GROUP_SIZE:
+        return ops.matmul(inputs, ops.transpose(dequantize_groups(levels, scales, 1, dtype)))
+    total = None
     for begin in range(0, width, MATVEC_SLICE):
         end = min(begin + MATVEC_SLICE, width)
         matrix = dequantize_groups(
             levels[:, begin:end], scales[:, begin // GROUP_SIZE : end // GROUP_SIZE], 1, dtype
         )
-        partial_sums.append(backend.fusion_barrier(ops.matmul(inputs[..., begin:end], ops.transpose(matrix))))
-    total = partial_sums[0]
-    for partial in partial_sums[1:]:
-        total = total + partial
+        partial = backend.fusion_barrier(ops.matmul(inputs[..., begin:end], ops.transpose(matrix)))
+        total = partial if total is None else total + partial
     return total
+
+
+# With more than one row (batch > 1, prefill) no dot fuses its operands on
+# XLA:CPU: the dequantized matrix is written out in float32 first. Written
+# whole, that is 4 bytes per weight to memory and back again (the 262,144 x
+# 640 tied embedding: 671 MB per decode step); written a block of output rows
+# at a time, each block is read by its matrix product while still in the
+# CPU's cache (2 MiB of L2 per core here; 1 MiB blocks measured fastest,
+# 4 and 16 MiB lose 25% and 55% at batch 16 on Gemma 3 270M).
+DEQUANTIZED_BLOCK_BYTES = 1 << 20
+
+
+def _static_rows(inputs):
+    rows = 1
+    for size in inputs.shape[:-1]:
+        if size is None:
+            return None
+        rows *= size
+    return rows
+
+
+def _blockwise_matmul(inputs, levels, scales, dtype):
+    out, width = levels.shape
+    step = max(1, DEQUANTIZED_BLOCK_BYTES // (width * 4))
+    products = []
+    for begin in range(0, out, step):
+        end = min(begin + step, out)
+        block = dequantize_groups(levels[begin:end], scales[begin:end], 1, dtype)
+        products.append(ops.matmul(inputs, ops.transpose(block)))
+    return products[0] if len(products) == 1 else ops.concatenate(products, axis=-1)
 
 
 class QuantizableDense(keras.layers.Dense):
