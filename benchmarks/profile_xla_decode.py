@@ -41,9 +41,14 @@ def parse_args():
     return parser.parse_args()
 
 
+# Layer scopes: JAX writes decoder_block_3/attention/query/..., TensorFlow
+# decoder_block_3_1/attention_1/query_1/...
+_S = r"(?:_\d+)?/"
 CATEGORIES = (  # first match wins, on the op_name of the instruction
     ("LM head", re.compile(r"token_embedding")),
-    ("projections", re.compile(r"/(attention/(query|key|value|output)|feedforward_\w+|per_layer\w*|experts)/")),
+    ("projections", re.compile(
+        rf"/(attention{_S}(query|key|value|output){_S}|feedforward_\w+?{_S}|per_layer\w*?{_S}|experts{_S})"
+    )),
     ("attention", re.compile(r"attention")),
 )
 
@@ -77,22 +82,49 @@ def module_op_names(path):
     names = {}
     for name, op_name, called in lines:
         inner = computations.get(called, []) if called else []
-        dots = [o for o in inner if o.endswith("dot_general")]
+        dots = [o for o in inner if re.search(r"dot_general$|MatMul$|[Ee]insum$", o)]
         names[name] = dots[0] if dots else op_name
     return names
 
 
 def trace_events(trace_dir):
-    """The profiler's thunk events, grouped by XLA run (one run per executable call)."""
-    traces = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
-    if not traces:
-        sys.exit(f"no trace written under {trace_dir}")
-    events = json.load(gzip.open(traces[-1]))["traceEvents"]
+    """The profiler's thunk events, grouped by XLA run (one run per executable call).
+
+    JAX writes a Chrome trace (``*.trace.json.gz``); TensorFlow only the
+    profiler's XSpace protobuf (``*.xplane.pb``), read here with the
+    protobuf classes TensorFlow ships.
+    """
     runs = collections.defaultdict(list)
-    for event in events:
-        if event.get("ph") == "X" and "hlo_op" in event.get("args", {}):
-            runs[event["args"].get("run_id")].append(event)
-    return list(runs.values())
+    for path in glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True):
+        for event in json.load(gzip.open(path))["traceEvents"]:
+            if event.get("ph") == "X" and "hlo_op" in event.get("args", {}):
+                args = event["args"]
+                runs[(args.get("hlo_module"), args.get("run_id"))].append(event)
+    for path in glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True):
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as file:
+            space.ParseFromString(file.read())
+        for plane in space.planes:
+            event_names = {k: v.name for k, v in plane.event_metadata.items()}
+            stat_names = {k: v.name for k, v in plane.stat_metadata.items()}
+            for line in plane.lines:
+                for event in line.events:
+                    stats = {stat_names.get(s.metadata_id): s for s in event.stats}
+                    if "hlo_op" not in stats:
+                        continue
+                    start = (line.timestamp_ns * 1000 + event.offset_ps) / 1e6  # microseconds
+                    module = stats["hlo_module"]  # a string, or a reference to one
+                    module = module.str_value or stat_names.get(module.ref_value, "")
+                    run = (module, stats["run_id"].int64_value or stats["run_id"].uint64_value)
+                    runs[run].append(
+                        {"name": event_names.get(event.metadata_id), "ts": start,
+                         "dur": event.duration_ps / 1e6}
+                    )
+    if not runs:
+        sys.exit(f"no trace written under {trace_dir}")
+    return runs
 
 
 def main():
@@ -135,13 +167,16 @@ def main():
         tf.profiler.experimental.start(trace_dir)
         traced = run()
         tf.profiler.experimental.stop()
-    modules = [
-        module_op_names(path)
-        for path in glob.glob(os.path.join(dump_dir, "*after_optimizations.txt"))
-    ]
-    # The decode loop is the run with the most thunk events (one per op per step).
-    run_events = max(trace_events(trace_dir), key=len)
+    # The decode loop: TensorFlow names its module after the function
+    # (decode_loop); JAX names every module jit_stateless, and the loop is
+    # the run with the most thunk events (one per op per step).
+    runs = trace_events(trace_dir)
+    (module, _), run_events = max(
+        runs.items(), key=lambda item: ("decode_loop" in (item[0][0] or ""), len(item[1]))
+    )
     names_seen = {event["name"] for event in run_events}
+    paths = glob.glob(os.path.join(dump_dir, f"*{module or ''}*after_optimizations.txt"))
+    modules = [module_op_names(path) for path in paths]
     op_names = max(modules, key=lambda names: len(names_seen & names.keys()))
     totals = collections.Counter()
     top = collections.Counter()
