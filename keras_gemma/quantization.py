@@ -8,14 +8,16 @@ plus one float32 scale ``absmax / 127``. Activations stay in the compute
 dtype: a matmul reads the int8 matrix, multiplies each group by its scale,
 and multiplies as usual.
 
-Two things make that fast under XLA on CPU, where the gain is reading one
+Three things make that fast under XLA on CPU, where the gain is reading one
 byte per weight instead of four: matrices are stored (out, in), which lets
-XLA fuse the dequantization into the matmul instead of writing a float
-copy first, and inside a compiled decode loop the levels are made
-loop-variant (``levels_varying_with``) so that XLA does not hoist a float
-copy of every weight out of the loop. Loading with ``quantize="int8"``
-builds the layers as int8 (``build_int8``) and quantizes each tensor as
-it is read.
+XLA fuse the dequantization into a matrix-vector product instead of writing
+a float copy first (``grouped_matmul``: contractions wider than 2048 are
+cut into slices, the widest XLA fuses; with more than one row the matrix
+is dequantized in cache-sized blocks); and inside a compiled decode loop
+the levels are made loop-variant (``levels_varying_with``) so that XLA
+does not hoist a float copy of every weight out of the loop. Loading with
+``quantize="int8"`` builds the layers as int8 (``build_int8``) and
+quantizes each tensor as it is read.
 
 Why groups rather than Keras' one scale per output channel: on Gemma 3 270M
 the per-channel version changed greedy continuations within a few tokens on
@@ -178,7 +180,8 @@ def _sliced_matvec(inputs, levels, scales, dtype):
         matrix = dequantize_groups(
             levels[:, begin:end], scales[:, begin // GROUP_SIZE : end // GROUP_SIZE], 1, dtype
         )
-        partial = backend.fusion_barrier(ops.matmul(inputs[..., begin:end], ops.transpose(matrix)))
+        partial = ops.matmul(inputs[..., begin:end], ops.transpose(matrix))
+        partial = backend.fusion_barrier(partial)
         total = partial if total is None else total + partial
     return total
 
