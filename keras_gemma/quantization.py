@@ -12,8 +12,7 @@ Three things make that fast under XLA on CPU, where the gain is reading one
 byte per weight instead of four: matrices are stored (out, in), which lets
 XLA fuse the dequantization into a matrix-vector product instead of writing
 a float copy first (``grouped_matmul``: contractions wider than 2048 are
-cut into slices, the widest XLA fuses; with more than one row the matrix
-is dequantized in cache-sized blocks); and inside a compiled decode loop
+cut into slices, the widest XLA fuses); and inside a compiled decode loop
 the levels are made loop-variant (``levels_varying_with``) so that XLA
 does not hoist a float copy of every weight out of the loop. Loading with
 ``quantize="int8"`` builds the layers as int8 (``build_int8``) and
@@ -157,17 +156,17 @@ MATVEC_SLICE = 2048
 def grouped_matmul(inputs, levels, scales, dtype):
     """``inputs @ W.T`` for W (out, in) stored as int8 ``levels`` and group ``scales``.
 
-    One row (a decode step at batch 1): a fused matrix-vector product, in
-    slices when the contraction is wide. More rows: block by block
-    (``DEQUANTIZED_BLOCK_BYTES``). PyTorch, which fuses nothing, takes the
-    plain formula.
+    One row (a decode step at batch 1) on JAX/TensorFlow: a fused
+    matrix-vector product, in slices when the contraction is wide. More
+    rows (batch > 1, prefill), or PyTorch: the plain formula; XLA then
+    writes the dequantized matrix out in float32 before the product
+    (dequantizing in 1 MiB blocks of rows instead was not faster on a
+    quiet machine; benchmarks/README.md).
     """
     levels = levels_in_context(levels)
-    if not backend.compiles_loops():
-        return ops.matmul(inputs, ops.transpose(dequantize_groups(levels, scales, 1, dtype)))
-    if _static_rows(inputs) != 1:
-        return _blockwise_matmul(inputs, levels, scales, dtype)
-    return _sliced_matvec(inputs, levels, scales, dtype)
+    if backend.compiles_loops() and _static_rows(inputs) == 1:
+        return _sliced_matvec(inputs, levels, scales, dtype)
+    return ops.matmul(inputs, ops.transpose(dequantize_groups(levels, scales, 1, dtype)))
 
 
 def _sliced_matvec(inputs, levels, scales, dtype):
@@ -186,16 +185,6 @@ def _sliced_matvec(inputs, levels, scales, dtype):
     return total
 
 
-# With more than one row (batch > 1, prefill) no dot fuses its operands on
-# XLA:CPU: the dequantized matrix is written out in float32 first. Written
-# whole, that is 4 bytes per weight to memory and back again (the 262,144 x
-# 640 tied embedding: 671 MB per decode step); written a block of output rows
-# at a time, each block is read by its matrix product while still in the
-# CPU's cache (2 MiB of L2 per core here; 1 MiB blocks measured fastest,
-# 4 and 16 MiB lose 25% and 55% at batch 16 on Gemma 3 270M).
-DEQUANTIZED_BLOCK_BYTES = 1 << 20
-
-
 def _static_rows(inputs):
     rows = 1
     for size in inputs.shape[:-1]:
@@ -203,17 +192,6 @@ def _static_rows(inputs):
             return None
         rows *= size
     return rows
-
-
-def _blockwise_matmul(inputs, levels, scales, dtype):
-    out, width = levels.shape
-    step = max(1, DEQUANTIZED_BLOCK_BYTES // (width * 4))
-    products = []
-    for begin in range(0, out, step):
-        end = min(begin + step, out)
-        block = dequantize_groups(levels[begin:end], scales[begin:end], 1, dtype)
-        products.append(ops.matmul(inputs, ops.transpose(block)))
-    return products[0] if len(products) == 1 else ops.concatenate(products, axis=-1)
 
 
 class QuantizableDense(keras.layers.Dense):
