@@ -1,58 +1,110 @@
-"""Micro-benchmark: one projection, float32 against our int8 formulation, on JAX.
+"""Micro-benchmark: one projection, float32 against int8 formulations, on JAX.
 
 keras_gemma's int8 kernels hold levels as (out, in) with one scale per 32
-inputs, dequantized inside the matmul (``quantization.QuantizableDense``).
-On XLA:CPU that fused form is fast for Gemma 3's shapes but slow once the
-input dimension is large (Gemma 4's 6144- and 12288-wide down projections)
-and at batch 16; this script measures each shape so a new formulation can
-be compared on the same footing. Milliseconds per call, best of a few.
+inputs (``quantization.QuantizableDense``). XLA:CPU fuses the
+dequantization into a matrix-vector product only while the vector is under
+16 KiB and the output is a vector; this script measures, per shape, the
+float32 product, the plain fused form, the 2048-wide slices behind a fusion
+barrier that ``quantization.grouped_matmul`` uses at batch 1, and the 1 MiB
+row blocks it uses with more rows. The weights are cycled through copies
+larger than the CPU's last-level cache, so they stream from memory as in a
+real decode step. Milliseconds per call, best of 3.
 
-    .venv/bin/python benchmarks/int8_matmul.py
+Outside a compiled loop each call allocates its float buffers afresh (page
+faults), which makes every variant that writes a dequantized copy look far
+slower than inside ``generate``'s decode loop; compare batch > 1 variants
+in the real model (``profile_xla_decode.py``) rather than here.
+
+    python benchmarks/int8_matmul.py                   # every shape, batch 1 and 16
+    python benchmarks/int8_matmul.py --shapes 6144x1536 --batches 1
 """
 
+import argparse
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-SHAPES = [  # (in, out): Gemma 3 270M's feed-forward, Gemma 4 E2B's, its double-wide one
-    (640, 2048), (2048, 640), (1536, 6144), (6144, 1536), (1536, 12288), (12288, 1536),
-]
 GROUP = 32
-
-
-def milliseconds(function, *args, repeats=30):
-    function(*args).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        result = function(*args)
-    result.block_until_ready()
-    return (time.perf_counter() - start) / repeats * 1e3
+SHAPES = (  # in x out: Gemma 3 270M (MLP, q/kv, LM head), Gemma 4 E2B (MLP, double-wide)
+    "640x2048,2048x640,640x1024,1024x640,640x262144,1536x6144,6144x1536,12288x1536"
+)
+STREAMED_BYTES = 256e6  # more than the 32 MiB L3 of the machine measured
 
 
 def dequantized(levels, scales):
-    out, inputs = levels.shape
-    grouped = levels.reshape(out, inputs // GROUP, GROUP).astype(jnp.float32)
-    return (grouped * scales[:, :, None]).reshape(out, inputs)
+    out, width = levels.shape
+    grouped = levels.reshape(out, scales.shape[1], -1).astype(jnp.float32)
+    return (grouped * scales[:, :, None]).reshape(out, width)
+
+
+def sliced(x, levels, scales, width=2048):
+    total = None
+    for begin in range(0, levels.shape[1], width):
+        end = min(begin + width, levels.shape[1])
+        part = x[:, begin:end] @ dequantized(
+            levels[:, begin:end], scales[:, begin // GROUP : end // GROUP]
+        ).T
+        part = jax.lax.optimization_barrier(part)
+        total = part if total is None else total + part
+    return total
+
+
+def row_blocks(x, levels, scales, block_bytes=1 << 20):
+    step = max(1, block_bytes // (levels.shape[1] * 4))
+    return jnp.concatenate(
+        [x @ dequantized(levels[a : a + step], scales[a : a + step]).T
+         for a in range(0, levels.shape[0], step)], axis=1)
+
+
+VARIANTS = {
+    "f32 (in out)": (False, lambda x, w: x @ w),
+    "int8 fused": (True, lambda x, levels, scales: x @ dequantized(levels, scales).T),
+    "int8 sliced+barrier": (True, sliced),
+    "int8 1MiB row blocks": (True, row_blocks),
+}
+
+
+def milliseconds(function, x, weights):
+    function(x, *weights[0]).block_until_ready()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for weight in weights:
+            result = function(x, *weight)
+        result.block_until_ready()
+        best = min(best, (time.perf_counter() - start) / len(weights))
+    return best * 1e3
 
 
 def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shapes", default=SHAPES)
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
     rng = np.random.default_rng(0)
-    float_in_out = jax.jit(lambda x, w: x @ w)
-    float_out_in = jax.jit(lambda x, w: x @ w.T)
-    ours = jax.jit(lambda x, levels, scales: x @ dequantized(levels, scales).T)
-    print("in     out    batch  f32 (in,out)  f32 (out,in)  int8 ours (out,in)")
-    for inputs, out in SHAPES:
-        for batch in (1, 16):
-            x = jnp.asarray(rng.standard_normal((batch, inputs)), jnp.float32)
-            w = jnp.asarray(rng.standard_normal((inputs, out)), jnp.float32)
-            levels = jnp.asarray(rng.integers(-127, 128, (out, inputs)), jnp.int8)
-            scales = jnp.asarray(rng.random((out, inputs // GROUP)), jnp.float32)
-            print(f"{inputs:<6} {out:<6} {batch:<6} "
-                  f"{milliseconds(float_in_out, x, w):<13.3f} "
-                  f"{milliseconds(float_out_in, x, jnp.asarray(w.T)):<13.3f} "
-                  f"{milliseconds(ours, x, levels, scales):.3f}", flush=True)
+    names = args.variants.split(",")
+    print("in x out | batch | " + " | ".join(names))
+    for shape in args.shapes.split(","):
+        inputs, out = map(int, shape.split("x"))
+        host = {
+            False: (rng.standard_normal((inputs, out), dtype=np.float32),),
+            True: (rng.integers(-127, 128, (out, inputs), dtype=np.int8),
+                   rng.random((out, inputs // GROUP), dtype=np.float32)),
+        }
+        for batch in map(int, args.batches.split(",")):
+            x = jnp.asarray(rng.standard_normal((batch, inputs), dtype=np.float32))
+            row = []
+            for name in names:
+                is_int8, function = VARIANTS[name]
+                arrays = host[is_int8]
+                copies = max(1, int(STREAMED_BYTES // sum(a.nbytes for a in arrays)))
+                weights = [tuple(jnp.array(a) for a in arrays) for _ in range(copies)]
+                row.append(milliseconds(jax.jit(function), x, weights))
+                del weights
+            print(f"{shape} | {batch} | " + " | ".join(f"{t:.3f}" for t in row), flush=True)
 
 
 if __name__ == "__main__":

@@ -499,3 +499,26 @@ def device_memory_available():
         if tf.config.list_logical_devices("GPU"):
             return None, "GPU memory"
     return host_memory_available(), "host memory"
+
+
+# -- XLA: keeping two computations in separate kernels (quantization.py) -------------
+
+
+def fusion_barrier(tensor):
+    """``tensor`` unchanged; XLA does not fuse the ops on either side into one.
+
+    JAX and TensorFlow compile with XLA, whose CPU backend would otherwise
+    merge a sliced int8 matrix-vector product with the sum of the slices
+    (see ``quantization.grouped_matmul``); PyTorch does not fuse, so there
+    it is the identity.
+    """
+    backend = name()
+    if backend == "jax":
+        import jax
+
+        return jax.lax.optimization_barrier(tensor)
+    if backend == "tensorflow":
+        from tensorflow.compiler.tf2xla.python import xla
+
+        return xla.optimization_barrier(tensor)[0]
+    return tensor

@@ -5,7 +5,7 @@ from keras import ops
 
 from keras_gemma import backend
 from keras_gemma import quantization
-from keras_gemma.quantization import dequantize_groups, levels_in_context
+from keras_gemma.quantization import dequantize_groups
 
 
 class TiedEmbedding(keras.layers.Layer):
@@ -48,12 +48,9 @@ class TiedEmbedding(keras.layers.Layer):
     def _int8_call(self, inputs, reverse):
         dtype = self.compute_dtype
         if reverse:
-            levels = levels_in_context(self.embeddings_int8)
-            logits = backend.fused_int8_matmul(inputs, levels, self.embeddings_scale)
-            if logits is not None:
-                return logits
-            matrix = dequantize_groups(levels, self.embeddings_scale, 1, dtype)
-            return ops.matmul(inputs, ops.transpose(matrix))
+            return quantization.grouped_matmul(
+                inputs, self.embeddings_int8, self.embeddings_scale, dtype
+            )
         ids = ops.cast(inputs, "int32")
         return dequantize_groups(
             ops.take(self.embeddings_int8, ids, axis=0),

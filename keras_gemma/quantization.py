@@ -8,14 +8,15 @@ plus one float32 scale ``absmax / 127``. Activations stay in the compute
 dtype: a matmul reads the int8 matrix, multiplies each group by its scale,
 and multiplies as usual.
 
-Two things make that fast under XLA on CPU, where the gain is reading one
+Three things make that fast under XLA on CPU, where the gain is reading one
 byte per weight instead of four: matrices are stored (out, in), which lets
-XLA fuse the dequantization into the matmul instead of writing a float
-copy first, and inside a compiled decode loop the levels are made
-loop-variant (``levels_varying_with``) so that XLA does not hoist a float
-copy of every weight out of the loop. Loading with ``quantize="int8"``
-builds the layers as int8 (``build_int8``) and quantizes each tensor as
-it is read.
+XLA fuse the dequantization into a matrix-vector product instead of writing
+a float copy first (``grouped_matmul``: contractions wider than 2048 are
+cut into slices, the widest XLA fuses); and inside a compiled decode loop
+the levels are made loop-variant (``levels_varying_with``) so that XLA
+does not hoist a float copy of every weight out of the loop. Loading with
+``quantize="int8"`` builds the layers as int8 (``build_int8``) and
+quantizes each tensor as it is read.
 
 Why groups rather than Keras' one scale per output channel: on Gemma 3 270M
 the per-channel version changed greedy continuations within a few tokens on
@@ -141,6 +142,64 @@ def dequantize_groups(levels, scales, axis, dtype):
     return ops.reshape(values, shape)
 
 
+# XLA:CPU fuses the dequantization into a matrix-vector product, reading the
+# int8 levels straight from memory, only while the vector is under 16 KiB
+# (4096 float32 values; the CPU fusion rule for dots); past that it first
+# writes a transposed float32 copy of the whole matrix, 20-40x slower
+# (Gemma 4's 6144- and 12288-wide down projections). Longer contractions
+# are therefore cut into slices of this many inputs, each its own fused
+# product; a fusion barrier on each partial result stops XLA from merging
+# the sum back into the products (which would undo the fusion).
+MATVEC_SLICE = 2048
+
+
+def grouped_matmul(inputs, levels, scales, dtype):
+    """``inputs @ W.T`` for W (out, in) stored as int8 ``levels`` and group ``scales``.
+
+    One row (a decode step at batch 1) on JAX/TensorFlow: a fused
+    matrix-vector product, in slices when the contraction is wide. More
+    rows (batch > 1, prefill): the plain formula; XLA then writes the
+    dequantized matrix out in float32 before the product (dequantizing in
+    1 MiB blocks of rows instead was not faster on a quiet machine;
+    benchmarks/README.md). PyTorch: its fused kernel inside a traced decode
+    step (``backend.fused_int8_matmul``), else the plain formula.
+    """
+    levels = levels_in_context(levels)
+    if backend.compiles_loops():
+        if _static_rows(inputs) == 1:
+            return _sliced_matvec(inputs, levels, scales, dtype)
+    else:
+        outputs = backend.fused_int8_matmul(inputs, levels, scales)
+        if outputs is not None:
+            return outputs
+    return ops.matmul(inputs, ops.transpose(dequantize_groups(levels, scales, 1, dtype)))
+
+
+def _sliced_matvec(inputs, levels, scales, dtype):
+    width = levels.shape[-1]
+    if width <= MATVEC_SLICE or width % GROUP_SIZE:
+        return ops.matmul(inputs, ops.transpose(dequantize_groups(levels, scales, 1, dtype)))
+    total = None
+    for begin in range(0, width, MATVEC_SLICE):
+        end = min(begin + MATVEC_SLICE, width)
+        matrix = dequantize_groups(
+            levels[:, begin:end], scales[:, begin // GROUP_SIZE : end // GROUP_SIZE], 1, dtype
+        )
+        partial = ops.matmul(inputs[..., begin:end], ops.transpose(matrix))
+        partial = backend.fusion_barrier(partial)
+        total = partial if total is None else total + partial
+    return total
+
+
+def _static_rows(inputs):
+    rows = 1
+    for size in inputs.shape[:-1]:
+        if size is None:
+            return None
+        rows *= size
+    return rows
+
+
 class QuantizableDense(keras.layers.Dense):
     """``keras.layers.Dense`` whose ``quantize("int8")`` keeps group scales.
 
@@ -225,9 +284,7 @@ class QuantizableDense(keras.layers.Dense):
     def call(self, inputs, training=None):
         if not self.is_int8:
             return super().call(inputs, training=training)
-        outputs = backend.fused_int8_matmul(inputs, levels_in_context(self._kernel), self.kernel_scale)
-        if outputs is None:
-            outputs = ops.matmul(inputs, ops.transpose(self._dequantized_transposed_kernel()))
+        outputs = grouped_matmul(inputs, self._kernel, self.kernel_scale, self.compute_dtype)
         if self.lora_enabled:
             update = ops.matmul(ops.matmul(inputs, self.lora_kernel_a), self.lora_kernel_b)
             outputs = outputs + ops.cast((self.lora_alpha / self.lora_rank) * update, outputs.dtype)

@@ -159,3 +159,23 @@ def test_int8_embedding_has_one_scale_per_32_values():
     )
     small = to_numpy(layer(ids))[..., 32:64]
     assert np.abs(small).max() > 0  # not flattened to zero
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_int8_dense_wider_than_one_matvec_slice_matches_numpy(rows):
+    # 4160 inputs: two full MATVEC_SLICE slices and a 64-wide remainder,
+    # each slice with its own scales (Gemma 4's down projections are 6144
+    # and 12288 wide).
+    from keras_gemma.quantization import MATVEC_SLICE, QuantizableDense
+
+    width = 2 * MATVEC_SLICE + 64
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(width, 8)).astype("float32")
+    kernel[MATVEC_SLICE : MATVEC_SLICE + 32] *= 1e-3  # a group of its own magnitude
+    layer = QuantizableDense(8, use_bias=False)
+    layer.build((None, width))
+    layer.kernel.assign(kernel)
+    layer.quantize("int8")
+    expected = fake_quantized(kernel.reshape(-1, 32, 8), axis=1).reshape(width, 8)
+    inputs = rng.normal(size=(rows, 1, width)).astype("float32")
+    np.testing.assert_allclose(to_numpy(layer(inputs)), inputs @ expected, rtol=1e-4, atol=1e-4)
