@@ -32,6 +32,7 @@ source, feed-forward width), read once:
 """
 
 import contextlib
+import gc
 import contextvars
 import math
 
@@ -622,6 +623,7 @@ class GemmaBackbone(keras.Model):
         for layer in self._flatten_layers():
             if isinstance(layer, (QuantizableDense, ExpertKernel, TiedEmbedding)):
                 layer.quantize(mode)
+        gc.collect()  # once, not per layer (see quantization.drop_float_variable)
         self.train_function = self.test_function = self.predict_function = None
 
     @property

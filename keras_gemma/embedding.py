@@ -68,7 +68,7 @@ class TiedEmbedding(keras.layers.Layer):
         if self.is_int8:
             return
         embeddings = ops.convert_to_numpy(self.embeddings)
-        del self.embeddings
+        quantization.drop_float_variable(self, "embeddings")
         self._tracker.unlock()
         self._add_int8_variables()
         self._tracker.lock()

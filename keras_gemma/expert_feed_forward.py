@@ -83,7 +83,7 @@ class ExpertKernel(keras.layers.Layer):
         if self.is_int8:
             return
         kernel = ops.convert_to_numpy(self.kernel)
-        del self.kernel
+        quantization.drop_float_variable(self, "kernel")
         self._tracker.unlock()
         self._add_int8_variables()
         self._tracker.lock()

@@ -8,7 +8,6 @@ greedy tokens as eager PyTorch; the traced step (default for real models)
 gives the eager tokens for every family, sampler and int8.
 """
 
-import gc
 
 import keras
 import numpy as np
@@ -137,11 +136,7 @@ def tiny_family_model(family, sampler, quantize=False):
         backbone=keras_gemma.GemmaBackbone(**TINY_CONFIGS[family]), preprocessor=None
     )
     if quantize:
-        # Keras' Layer.__delattr__ runs gc.collect() for each replaced
-        # kernel (~1 s each with torch loaded); nothing here needs it.
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(gc, "collect", lambda *args: 0)
-            model.quantize("int8")
+        model.quantize("int8")
     model.compile(sampler=sampler)
     return model
 
