@@ -99,3 +99,22 @@ def gemma4_variant_model(variant):
         variable.assign(value.astype("float32"))
     tokenizer = keras_gemma.GemmaTokenizer.from_preset(source)
     return keras_gemma.GemmaCausalLM(backbone, keras_gemma.GemmaCausalLMPreprocessor(tokenizer, 16))
+
+
+def cached_exports(model_for, folder):
+    """``get(name, quantization)``: the GGUF export of ``model_for(name)``,
+    written into ``folder`` once per test module and reused."""
+    from keras_gemma.export import gguf as exporter
+
+    exports = {}
+
+    def get(name, quantization):
+        key = (name, quantization)
+        if key not in exports:
+            exports[key] = exporter.export_gguf(
+                model_for(name), folder / f"{name}_{quantization}.gguf",
+                quantization=quantization, progress=False,
+            )
+        return exports[key]
+
+    return get

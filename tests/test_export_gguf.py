@@ -22,6 +22,7 @@ from conftest import TESTS_DIR, to_numpy
 from gguf_export_models import (
     EXPORT_CONFIGS,
     GEMMA4_VARIANTS,
+    cached_exports,
     ORACLE_CONFIGS,
     TEXTS,
     gemma4_variant_model,
@@ -50,7 +51,6 @@ MATRIX_TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}
 LOGIT_BOUNDS = {"f32": 0.0, "f16": 2e-3, "bf16": 1.5e-2, "q8_0": 4e-2}
 
 _MODELS = {}
-_EXPORTS = {}
 
 
 def model_for(architecture):
@@ -62,18 +62,7 @@ def model_for(architecture):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(architecture, quantization) -> path of that export, written once."""
-    folder = tmp_path_factory.mktemp("gguf_exports")
-
-    def get(architecture, quantization):
-        key = (architecture, quantization)
-        if key not in _EXPORTS:
-            _EXPORTS[key] = exporter.export_gguf(
-                model_for(architecture), folder / f"{architecture}_{quantization}.gguf",
-                quantization=quantization, progress=False,
-            )
-        return _EXPORTS[key]
-
-    return get
+    return cached_exports(model_for, tmp_path_factory.mktemp("gguf_exports"))
 
 
 def logits_of(model, token_ids=TOKEN_IDS, padding_mask=PADDING_MASK):

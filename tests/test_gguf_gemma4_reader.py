@@ -19,7 +19,12 @@ import re
 import numpy as np
 import pytest
 from conftest import TESTS_DIR, to_numpy
-from gguf_export_models import GEMMA4_VARIANTS, gemma4_variant_model, storage_error_bound
+from gguf_export_models import (
+    GEMMA4_VARIANTS,
+    cached_exports,
+    gemma4_variant_model,
+    storage_error_bound,
+)
 from tiny_models import PADDING_MASK, TOKEN_IDS
 
 gguf = pytest.importorskip("gguf")
@@ -50,7 +55,6 @@ LOGIT_BOUNDS = {"f32": 0.0, "f16": 1.5e-2, "bf16": 8e-2, "q8_0": 1.2e-1}
 ROUTING_FLIPS = {("experts", "q8_0")}
 
 _MODELS = {}
-_EXPORTS = {}
 
 
 def model_for(layout):
@@ -66,18 +70,7 @@ def model_for(layout):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(layout, quantization) -> path of that export, written once."""
-    folder = tmp_path_factory.mktemp("gemma4_exports")
-
-    def get(layout, quantization):
-        key = (layout, quantization)
-        if key not in _EXPORTS:
-            _EXPORTS[key] = exporter.export_gguf(
-                model_for(layout), folder / f"{layout}_{quantization}.gguf",
-                quantization=quantization, progress=False,
-            )
-        return _EXPORTS[key]
-
-    return get
+    return cached_exports(model_for, tmp_path_factory.mktemp("gemma4_exports"))
 
 
 def logits_of(model):
