@@ -250,6 +250,24 @@ def fused_int8_matmul(inputs, levels, scales):
     )
 
 
+def matmul_transposed(inputs, matrix):
+    """``inputs @ matrix.T`` for a tall (out, in) ``matrix`` (the tied LM head).
+
+    On PyTorch a few rows times a float32 matrix run as a batch of products
+    over row blocks of the matrix (``torch_matmul.py``: MKL's single product
+    of that shape reads memory at half speed); elsewhere, and for longer
+    inputs, ``keras.ops.matmul``.
+    """
+    if name() == "torch":
+        from keras_gemma import torch_matmul
+
+        inputs = keras.ops.convert_to_tensor(inputs)
+        matrix = keras.ops.convert_to_tensor(matrix)
+        if inputs.dtype == matrix.dtype:
+            return torch_matmul.matmul_transposed(inputs, matrix)
+    return keras.ops.matmul(inputs, keras.ops.transpose(matrix))
+
+
 TORCH_THREADS_SETTING = "KERAS_GEMMA_TORCH_THREADS"
 
 

@@ -42,7 +42,7 @@ class TiedEmbedding(keras.layers.Layer):
             return self._int8_call(inputs, reverse)
         embeddings = ops.cast(self.embeddings, self.compute_dtype)
         if reverse:
-            return ops.matmul(inputs, ops.transpose(embeddings))
+            return backend.matmul_transposed(inputs, embeddings)
         return ops.take(embeddings, ops.cast(inputs, "int32"), axis=0)
 
     def _int8_call(self, inputs, reverse):
