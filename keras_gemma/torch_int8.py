@@ -9,13 +9,19 @@ loop compiled by inductor: each output sums ``x * level * scale`` over its
 row, reading the int8 row once (a different summation order than the
 matmul, so the same numbers up to float rounding).
 
-The kernel is compiled once, for any matrix shape (``dynamic=True``; a few
-seconds, kept in inductor's on-disk cache for later processes), and used
-for matmuls of at most ``MAX_ROWS`` input rows (decoding, up to batch 16);
-longer inputs (a prefill) keep the float copy, whose one matmul then
-serves every row. The LM head (262,144 x 640) with one thread, load ~2.6:
-1 row 39 ms fused against 57 ms float32 and 1,504 ms dequantize-then-
-matmul; 4 rows 140 / 123 / 1,015 ms; 16 rows 444 / 165 / 904 ms.
+Each input row is its own reduction in the one kernel (the loop over rows
+is unrolled when the kernel is compiled), so inductor fuses them into one
+loop over the matrix that reads each int8 row once for all input rows; a
+single reduction over (rows, out) instead read the whole matrix once per
+row (16 rows of the LM head: 470-710 ms against 165-170 ms float32). The
+kernel is compiled once per number of rows, for any matrix shape
+(``dynamic=True``; a few seconds each, kept in inductor's on-disk cache
+for later processes), and used for matmuls of at most ``MAX_ROWS`` input
+rows (decoding, up to batch 16); longer inputs (a prefill) keep the float
+copy, whose one matmul then serves every row. The LM head (262,144 x 640)
+with one thread, load ~3 (benchmarks/README.md, "Batch 16 int8"): 1 row
+22-24 ms fused against 25 ms float32 and 660-920 ms dequantize-then-
+matmul; 4 rows 31-46 / 43-49 ms; 16 rows 142-151 / 176-212 ms.
 It is a ``torch.library`` op so that a traced decode step
 (``backend._traced_step``) records it as one op. ``backend`` calls it; the
 model code stays ``keras.ops``.
@@ -33,13 +39,36 @@ def _grouped_int8_matmul(inputs, levels, scales):
     groups = scales.shape[1]
     weights = levels.view(out_dim, groups, in_dim // groups).to(inputs.dtype)
     weights = weights * scales.to(inputs.dtype)[:, :, None]
-    grouped_inputs = inputs.reshape(-1, 1, groups, in_dim // groups)
-    return (grouped_inputs * weights[None]).sum((-1, -2))
+    grouped_inputs = inputs.reshape(-1, groups, in_dim // groups)
+    # One reduction per row (unrolled: dynamo specializes on the row count)
+    # over the same matrix: inductor fuses them into one pass over it.
+    return torch.stack([(grouped_inputs[row] * weights).sum((-1, -2)) for row in range(inputs.shape[0])])
 
 
 @functools.cache
 def _compiled():
     return torch.compile(_grouped_int8_matmul, dynamic=True)
+
+
+# (rows, dtype) the kernel has been compiled for. Each row count is its own
+# program of the one function, and dynamo stops compiling a function after
+# ``recompile_limit`` (8) programs, running it as plain PyTorch (a float
+# copy of the matrix per row); the first call of each new count raises that
+# limit to room for every row count in a few dtypes.
+_COMPILED_FOR = set()
+
+
+def _run_compiled(inputs, levels, scales):
+    key = (inputs.shape[0], inputs.dtype)
+    if key in _COMPILED_FOR:
+        return _compiled()(inputs, levels, scales)
+    import torch._dynamo
+
+    limit = max(torch._dynamo.config.recompile_limit, 4 * MAX_ROWS)
+    with torch._dynamo.config.patch(recompile_limit=limit):
+        outputs = _compiled()(inputs, levels, scales)
+    _COMPILED_FOR.add(key)
+    return outputs
 
 
 @torch.library.custom_op("keras_gemma::grouped_int8_matmul", mutates_args=())
@@ -48,7 +77,7 @@ def grouped_int8_matmul_op(inputs: torch.Tensor, levels: torch.Tensor, scales: t
     # shape static whatever ``dynamic`` says, so each matrix shape would
     # compile again, and past dynamo's recompile limit the kernel would run
     # as plain PyTorch, materializing (rows, out, in) floats.
-    return _compiled()(inputs.detach(), levels.detach(), scales.detach())
+    return _run_compiled(inputs.detach(), levels.detach(), scales.detach())
 
 
 @grouped_int8_matmul_op.register_fake
