@@ -4,7 +4,7 @@ Runs keras_gemma's ``generate`` on PyTorch (the real ``gemma3_270m``, batch 1,
 8-token prompt, greedy) under ``torch.profiler`` and sorts every ATen op's own
 time into the buckets of benchmarks/README.md's profile table:
 
-- LM head: the (rows, hidden) x (hidden, 262,144) matmul,
+- LM head: the (rows, hidden) x (hidden, 262,144) matmul (or its block products),
 - matmuls: the other 2-D matmuls (projections, feed-forward),
 - attention: the batched matmuls and softmax of attention,
 - int8 fused: int8 matmuls run by keras_gemma/torch_int8.py's kernel
@@ -19,6 +19,9 @@ Only the decode loop is profiled (the prompt is prefilled before).
 ``--threads`` sets ``KERAS_GEMMA_TORCH_THREADS`` and ``--modes``
 ``KERAS_GEMMA_TORCH_COMPILE`` for each measurement in turn (``auto`` is
 keras_gemma's default for both; for this model it traces the step).
+``--lm-head plain,blocks`` runs the float32 LM head as one ``torch.matmul``
+or as keras_gemma's block products (``keras_gemma/torch_matmul.py``, the
+default), to compare them in one process.
 With ``--rounds 2`` every setting is measured twice, interleaved. Batches above 1 are timed without
 the profiler (wall time per decode step only).
 """
@@ -37,6 +40,8 @@ def bucket(event):
     shapes = event.input_shapes or []
     if name in ("aten::mm", "aten::addmm") and shapes:
         return "lm_head" if any(262144 in shape for shape in shapes) else "matmul"
+    if name == "aten::bmm" and shapes and len(shapes[0]) == 3 and shapes[0][0] * shapes[0][1] == 262144:
+        return "lm_head"  # keras_gemma/torch_matmul.py's block products
     if "grouped_int8_matmul" in name or name.startswith(("Torch-Compiled Region", "## Call CompiledFxGraph")):
         return "int8_fused"  # keras_gemma/torch_int8.py's kernel, LM head included
     if name in ("aten::bmm", "aten::_softmax", "aten::baddbmm"):
@@ -87,6 +92,7 @@ def main():
 
     import keras_gemma
     from keras_gemma import backend
+    from keras_gemma import torch_matmul
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--new", type=int, default=16)
@@ -94,24 +100,28 @@ def main():
     parser.add_argument("--threads", default="auto", help="comma-separated settings")
     parser.add_argument("--batch", default="1", help="comma-separated batch sizes")
     parser.add_argument("--modes", default="auto", help="comma-separated KERAS_GEMMA_TORCH_COMPILE settings")
+    parser.add_argument("--lm-head", default="blocks", help="comma-separated: blocks, plain")
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     kwargs = {"quantize": "int8"} if args.dtype == "int8" else {"dtype": args.dtype}
     model = keras_gemma.GemmaCausalLM.from_preset("gemma3_270m", **kwargs)
     model.compile(sampler="greedy")
     prompt = np.array([2, 651, 6037, 529, 7001, 563, 496, 3207], "int32")
-    settings = [(batch, mode, threads)
+    settings = [(batch, mode, threads, lm_head)
                 for _ in range(args.rounds)
                 for batch in [int(b) for b in args.batch.split(",")]
                 for mode in args.modes.split(",")
-                for threads in args.threads.split(",")]
-    for batch, mode, threads in settings:
+                for threads in args.threads.split(",")
+                for lm_head in args.lm_head.split(",")]
+    block_rows = torch_matmul.MAX_ROWS
+    for batch, mode, threads, lm_head in settings:
+        torch_matmul.MAX_ROWS = block_rows if lm_head == "blocks" else 0
         ids = np.tile(prompt, (batch, 1))
         os.environ[backend.TORCH_THREADS_SETTING] = threads
         os.environ[backend.TORCH_COMPILE_SETTING] = mode
         model._generate_functions = {}  # a new trace per setting
         used = backend.torch_inference_threads()
-        head = (f"{args.dtype}, batch {batch}, step {backend.torch_step_mode(model)}, "
+        head = (f"{args.dtype}, batch {batch}, step {backend.torch_step_mode(model)}, LM head {lm_head}, "
                 f"{used} thread(s) (torch {torch.get_num_threads()}), "
                 f"load average {os.getloadavg()[0]:.1f}:")
         if batch > 1:
