@@ -20,9 +20,9 @@ for later processes), and used for matmuls of at most ``MAX_ROWS`` input
 rows (decoding, up to batch 16); longer inputs (a prefill) keep the float
 copy, whose one matmul then serves every row. The LM head (262,144 x 640)
 with one thread, load ~3 (benchmarks/README.md, "The LM head as a batch of
-products; int8 rows in one pass"): 1 row
-22-24 ms fused against 25 ms float32 and 660-920 ms dequantize-then-
-matmul; 4 rows 31-46 / 43-49 ms; 16 rows 142-151 / 176-212 ms.
+products; int8 rows in one pass"): 1 row 22-24 ms fused against 25 ms
+float32 and 660-920 ms dequantize-then-matmul; 4 rows 31-46 / 43-49 ms;
+16 rows 142-151 / 176-212 ms.
 It is a ``torch.library`` op so that a traced decode step
 (``backend._traced_step``) records it as one op. ``backend`` calls it; the
 model code stays ``keras.ops``.
