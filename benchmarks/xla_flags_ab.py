@@ -11,9 +11,10 @@ rounds per setting, batch size and the ratio batch N / batch 1.
         --flags="" --flags="--xla_cpu_experimental_ynn_fusion_type=dot,reduce" \\
         --dtype float32 --batches 1,16 --new 32 --rounds 4
 
-A setting of ``default`` lets keras_gemma choose (see
-``backend.xla_cpu_flags``); any other setting is exported as ``XLA_FLAGS``
-with ``KERAS_GEMMA_XLA_FLAGS=off``, so keras_gemma adds nothing.
+A setting of ``default`` lets keras_gemma add its flags (TensorFlow:
+``backend.TENSORFLOW_XLA_CPU_FLAGS``); any other setting is exported as
+``XLA_FLAGS`` with ``KERAS_GEMMA_XLA_FLAGS=off``, so keras_gemma adds
+nothing.
 """
 
 import argparse
