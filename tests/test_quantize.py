@@ -179,3 +179,61 @@ def test_int8_dense_wider_than_one_matvec_slice_matches_numpy(rows):
     expected = fake_quantized(kernel.reshape(-1, 32, 8), axis=1).reshape(width, 8)
     inputs = rng.normal(size=(rows, 1, width)).astype("float32")
     np.testing.assert_allclose(to_numpy(layer(inputs)), inputs @ expected, rtol=1e-4, atol=1e-4)
+
+
+def bfloat16_rounded(values):
+    """float32 ``values`` rounded to the nearest bfloat16 (ties to even), in numpy."""
+    bits = np.asarray(values, "float32").view("uint32").astype("uint64")
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype("uint32").view("float32")
+
+
+@pytest.mark.parametrize("input_shape", [(3, 64), (2, 5, 64)])
+def test_int8_bfloat16_block_product_matches_numpy(monkeypatch, input_shape):
+    # The decode loop's batch > 1 product on JAX (CPU): blocks of output
+    # rows dequantized to bfloat16, inputs rounded to bfloat16, sums in
+    # float32. Reference: the same roundings in numpy, summed in float64.
+    from keras import ops
+
+    from keras_gemma import quantization
+
+    rng = np.random.default_rng(2)
+    kernel = rng.normal(size=(96, 64)).astype("float32")  # (out, in)
+    kernel[:, 32:] *= 1e-3  # a group of its own magnitude
+    levels, scales = quantization.quantize_groups(kernel, axis=1)
+    dequantized = (levels.reshape(96, 2, 32) * scales[:, :, None]).reshape(96, 64)
+    inputs = rng.normal(size=input_shape).astype("float32")
+    # 40 output rows of bfloat16 per block: blocks of 40, 40 and 16 rows.
+    monkeypatch.setattr(quantization, "BFLOAT16_BLOCK_BYTES", 40 * 64 * 2)
+    outputs = quantization._bfloat16_blocks_matmul(
+        ops.convert_to_tensor(inputs), ops.convert_to_tensor(levels),
+        ops.convert_to_tensor(scales),
+    )
+    expected = bfloat16_rounded(inputs).astype("float64") @ bfloat16_rounded(dequantized).T
+    assert tuple(outputs.shape) == (*input_shape[:-1], 96)
+    np.testing.assert_allclose(to_numpy(outputs), expected, rtol=1e-5, atol=1e-6)
+    # ... which is not the float32 product (the roundings are there).
+    assert np.abs(to_numpy(outputs) - inputs @ dequantized.T).max() > 1e-4
+
+
+def test_int8_products_in_the_decode_loop_stay_close_to_float32():
+    # Inside levels_varying_with (the compiled decode loop), a product with
+    # more than one row may take the bfloat16 path (JAX on CPU); it must
+    # stay within bfloat16 rounding of the float32 product of the int8
+    # weights, on every backend.
+    from keras import ops
+
+    from keras_gemma import quantization
+
+    rng = np.random.default_rng(3)
+    kernel = rng.normal(size=(128, 64)).astype("float32")
+    levels, scales = quantization.quantize_groups(kernel, axis=1)
+    dequantized = (levels.reshape(128, 2, 32) * scales[:, :, None]).reshape(128, 64)
+    inputs = rng.normal(size=(4, 1, 64)).astype("float32")
+    with quantization.levels_varying_with(ops.cast(ops.ones(()), "int8")):
+        outputs = quantization.grouped_matmul(
+            ops.convert_to_tensor(inputs), ops.convert_to_tensor(levels),
+            ops.convert_to_tensor(scales), "float32",
+        )
+    expected = inputs @ dequantized.T
+    np.testing.assert_allclose(to_numpy(outputs), expected, rtol=0, atol=2e-2 * np.abs(expected).max())
