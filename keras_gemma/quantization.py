@@ -33,6 +33,7 @@ import numpy as np
 from keras import ops
 
 from keras_gemma import backend
+from keras_gemma import xla_cpu
 
 GROUP_SIZE = 32
 
@@ -169,7 +170,8 @@ def grouped_matmul(inputs, levels, scales, dtype):
     """``inputs @ W.T`` for W (out, in) stored as int8 ``levels`` and group ``scales``.
 
     One row (a decode step at batch 1) on JAX/TensorFlow: a fused
-    matrix-vector product, in slices when the contraction is wide. More
+    matrix-vector product, in slices when the contraction is wide, reading
+    its vector from a buffer of its own inside a decode loop. More
     rows (batch > 1, prefill): the plain formula; XLA then writes the
     dequantized matrix out in float32 before the product (dequantizing in
     1 MiB blocks of rows instead was not faster on a quiet machine;
@@ -195,6 +197,9 @@ def grouped_matmul(inputs, levels, scales, dtype):
 
 
 def _sliced_matvec(inputs, levels, scales, dtype):
+    # Else XLA recomputes the ops producing `inputs` for every output row
+    # (the attention output projection: 5-10x slower; see xla_cpu.own_buffer).
+    inputs = xla_cpu.own_buffer(inputs, _LEVEL_FACTOR.get())
     width = levels.shape[-1]
     if width <= MATVEC_SLICE or width % GROUP_SIZE:
         return ops.matmul(inputs, ops.transpose(dequantize_groups(levels, scales, 1, dtype)))

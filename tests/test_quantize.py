@@ -10,7 +10,7 @@ close to the unquantized model.
 import numpy as np
 import pytest
 from conftest import to_numpy
-from test_causal_lm import IDS, MASK, assert_raised_by_us, tiny_backbone
+from test_causal_lm import IDS, MASK, assert_greedy_continuation, assert_raised_by_us, tiny_backbone
 
 import keras_gemma
 from keras_gemma.checkpoints import assign_weights
@@ -74,6 +74,20 @@ def test_int8_stays_close_to_float_and_generates_the_same_greedy_tokens(preproce
     out_int8 = int8_lm.generate(prompts, max_length=12, stop_token_ids=None)
     agree = (out_float["token_ids"] == out_int8["token_ids"]).mean()
     assert agree >= 0.9, (out_float["token_ids"], out_int8["token_ids"])
+
+
+@pytest.mark.parametrize("name", ["gemma_mqa", "gemma3"])
+def test_int8_batch_1_greedy_generation_matches_its_forward_pass(name, preprocessor):
+    # At batch 1 the compiled decode loop takes the one-row int8 path (a
+    # fused matrix-vector product reading its vector from a buffer of its
+    # own, xla_cpu.own_buffer); the uncached forward pass over the whole
+    # sequence takes the many-row path (dequantize, then matmul).
+    lm = keras_gemma.GemmaCausalLM(tiny_backbone(name, gain=100.0), preprocessor)
+    lm.quantize("int8")
+    prompt = {"token_ids": IDS[:1, :8], "padding_mask": MASK[:1, :8]}
+    token_ids = lm.generate(prompt, max_length=16, stop_token_ids=None)["token_ids"]
+    assert_greedy_continuation(lm, token_ids, [8])
+    assert len(set(token_ids[0, 8:].tolist())) > 3, token_ids  # not one repeated token
 
 
 @pytest.fixture(scope="module")
