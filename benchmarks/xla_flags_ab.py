@@ -11,10 +11,10 @@ rounds per setting, batch size and the ratio batch N / batch 1.
         --flags="" --flags="--xla_cpu_experimental_ynn_fusion_type=dot,reduce" \\
         --dtype float32 --batches 1,16 --new 32 --rounds 4
 
-A setting of ``default`` lets keras_gemma add its flags (TensorFlow:
-``backend.TENSORFLOW_XLA_CPU_FLAGS``); any other setting is exported as
-``XLA_FLAGS`` with ``KERAS_GEMMA_XLA_FLAGS=off``, so keras_gemma adds
-nothing.
+A setting of ``default`` keeps the process's own ``XLA_FLAGS``; any other
+setting is exported as ``XLA_FLAGS``. (keras_gemma adds no XLA flags: the
+YNNPACK dot flag above was measured no faster for TensorFlow on a quiet
+machine, benchmarks/README.md.)
 """
 
 import argparse
@@ -69,7 +69,6 @@ def main():
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         if flags != "default":
             env["XLA_FLAGS"] = flags
-            env["KERAS_GEMMA_XLA_FLAGS"] = "off"
         command = [sys.executable, __file__, "--worker", f"--flags={flags}", "--dtype", args.dtype,
                    "--batches", args.batches, "--new", str(args.new)]
         process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -12,6 +12,7 @@ with ``torch.compile`` instead (see ``while_loop``), when
 
 import contextlib
 import contextvars
+import functools
 import numbers
 import os
 
@@ -59,7 +60,6 @@ def compile_inference(model, function, donate_argnums=()):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        _add_xla_cpu_flags()
         return tf.function(function, jit_compile=True, reduce_retracing=True)
 
     import torch
@@ -549,16 +549,22 @@ def fusion_barrier(tensor):
 def fast_bfloat16_dot():
     """Whether a bfloat16 x bfloat16 product accumulated in float32 beats float32.
 
-    JAX on CPU: XLA hands it to YNNPACK, which multiplies bfloat16 directly
-    (16 x 640 by 640 x 262,144: 37-44 ms against 61-70 in float32, AVX-512
-    BF16 machine). TensorFlow 2.21's XLA converts both operands to float32
-    first (slower than float32); GPUs and PyTorch are not measured here.
+    On CPUs (measured on an AVX-512 BF16 machine, 16 x 640 by 640 x 262,144):
+    JAX's XLA hands it to YNNPACK, 37-44 ms against 61-70 in float32;
+    TensorFlow's XLA, written as ``BatchMatMulV3`` with a float32 output,
+    22 ms against 48-51 (its plain bfloat16 ``matmul`` rounds the sums to
+    bfloat16, and under ``--xla_cpu_experimental_ynn_fusion_type=dot`` it
+    took 79 ms). GPUs and PyTorch are not measured here.
     """
-    if name() != "jax":
-        return False
-    import jax
+    if name() == "jax":
+        import jax
 
-    return jax.default_backend() == "cpu"
+        return jax.default_backend() == "cpu"
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.config.list_logical_devices("GPU")
+    return False
 
 
 def bfloat16_matmul_transposed(inputs, matrix):
@@ -569,34 +575,23 @@ def bfloat16_matmul_transposed(inputs, matrix):
 
         contract = (((inputs.ndim - 1,), (1,)), ((), ()))
         return jax.lax.dot_general(inputs, matrix, contract, preferred_element_type=jnp.float32)
+    if name() == "tensorflow":
+        return _tensorflow_bfloat16_matmul_transposed()(inputs, matrix)
     from keras import ops
 
     return ops.matmul(ops.cast(inputs, "float32"), ops.transpose(ops.cast(matrix, "float32")))
 
 
-# -- TensorFlow's XLA: the YNNPACK matrix product ------------------------------------
+@functools.cache
+def _tensorflow_bfloat16_matmul_transposed():
+    # Only XLA has a kernel for this op (bfloat16 in, float32 out); compiled
+    # alone when called eagerly, inlined into the decode loop's program.
+    import tensorflow as tf
 
-XLA_FLAGS_SETTING = "KERAS_GEMMA_XLA_FLAGS"
-# JAX 0.10's XLA hands float32 matrix products to YNNPACK by default;
-# TensorFlow 2.21's XLA only reductions, and computes the decode step's
-# largest product, the LM head (16 x 640 by 640 x 262,144 at batch 16),
-# with its own dot emitter at about half YNNPACK's speed.
-TENSORFLOW_XLA_CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=dot,reduce",)
+    @tf.function(jit_compile=True)
+    def matmul(inputs, matrix):
+        rows = tf.reshape(inputs, (-1, inputs.shape[-1]))
+        outputs = tf.raw_ops.BatchMatMulV3(x=rows, y=matrix, Tout=tf.float32, adj_y=True)
+        return tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], tf.shape(matrix)[:1]], 0))
 
-
-def _add_xla_cpu_flags():
-    """Adds ``TENSORFLOW_XLA_CPU_FLAGS`` to ``XLA_FLAGS`` unless the user set them.
-
-    XLA reads ``XLA_FLAGS`` once, at a process's first XLA compilation, so
-    this only takes effect when keras_gemma compiles first (a process that
-    compiled other XLA code before keeps its flags). A flag the user already
-    names in ``XLA_FLAGS`` is left as it is; ``KERAS_GEMMA_XLA_FLAGS=off``
-    adds none.
-    """
-    if os.environ.get(XLA_FLAGS_SETTING, "").strip().lower() in ("off", "0", "false", "no"):
-        return
-    current = os.environ.get("XLA_FLAGS", "")
-    names = {part.split("=")[0] for part in current.split()}
-    extra = [flag for flag in TENSORFLOW_XLA_CPU_FLAGS if flag.split("=")[0] not in names]
-    if extra:
-        os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
+    return matmul

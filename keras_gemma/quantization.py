@@ -177,8 +177,7 @@ def grouped_matmul(inputs, levels, scales, dtype):
     1 MiB blocks of rows instead was not faster on a quiet machine;
     benchmarks/README.md), except in the decode loop on JAX (CPU), where
     blocks dequantized to bfloat16 are multiplied as bfloat16
-    (``_bfloat16_blocks_matmul``; TensorFlow's XLA computes bfloat16
-    products in float32, no faster). PyTorch: its fused kernel inside a traced decode
+    (``_bfloat16_blocks_matmul``; JAX and TensorFlow on CPU). PyTorch: its fused kernel inside a traced decode
     step (``backend.fused_int8_matmul``), else the plain formula.
     """
     levels = levels_in_context(levels)
