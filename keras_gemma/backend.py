@@ -60,7 +60,11 @@ def compile_inference(model, function, donate_argnums=()):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(function, jit_compile=True, reduce_retracing=True)
+        # One trace per input shape, as jax.jit does: a generalized trace
+        # (reduce_retracing) sees the batch as None, so shape-dependent
+        # choices (int8's one-row matvec, bfloat16 blocks) fall back to the
+        # slow formula for every shape after the first.
+        return tf.function(function, jit_compile=True, reduce_retracing=False)
 
     import torch
 

@@ -251,3 +251,25 @@ def test_int8_products_in_the_decode_loop_stay_close_to_float32():
         )
     expected = inputs @ dequantized.T
     np.testing.assert_allclose(to_numpy(outputs), expected, rtol=0, atol=2e-2 * np.abs(expected).max())
+
+
+def test_every_batch_size_traces_the_decode_loop_with_static_shapes(monkeypatch, preprocessor):
+    # The int8 paths choose by the number of rows (one-row matvec, bfloat16
+    # blocks); a trace that sees the batch as None (TensorFlow's
+    # reduce_retracing generalizes the second shape it is called with)
+    # falls back to the slow formula. Batch 1, then 2, then 1 again.
+    from keras_gemma import quantization
+
+    seen = []
+    static_rows = quantization._static_rows
+    monkeypatch.setattr(
+        quantization, "_static_rows", lambda inputs: seen.append(static_rows(inputs)) or seen[-1]
+    )
+    lm = keras_gemma.GemmaCausalLM(tiny_backbone(gain=100.0), preprocessor)
+    lm.quantize("int8")
+    for batch in (1, 2, 1):
+        prompt = {"token_ids": IDS[:batch, :6], "padding_mask": MASK[:batch, :6]}
+        lm.generate(prompt, max_length=12, stop_token_ids=None)
+    if keras_gemma.backend.compiles_loops():
+        assert seen and None not in seen, seen
+        assert {1, 2} <= set(seen), seen
