@@ -264,10 +264,13 @@ class GemmaAttention(keras.layers.Layer):
         # (The mask's batch may be 1, broadcast.)
         mask_rows = ops.shape(attention_mask)[0]
         own_mask = ops.slice(attention_mask, [0, 0, index], [mask_rows, 1, 1])
+        keys_first, values_first = backend.cache_first_in_attention_products()
         logits = ops.concatenate(
             [
                 self._masked_logits(
-                    ops.einsum("btkgh,bskh->bkgts", query, ops.cast(key_cache, compute_dtype)),
+                    _einsum_with_cache(
+                        "btkgh,bskh->bkgts", query, ops.cast(key_cache, compute_dtype), keys_first
+                    ),
                     cache_mask[:, None, None, :, :],
                 ),
                 self._masked_logits(
@@ -278,14 +281,15 @@ class GemmaAttention(keras.layers.Layer):
             axis=-1,
         )
         probabilities = self._probabilities(logits, training)
-        # The cache as the first operand: XLA:CPU then multiplies it as
-        # stored; given the probabilities first, it wrote a transposed copy
-        # of every layer's value cache each step (gemma3_270m, batch 1:
-        # ~1 ms of a ~20 ms step at 128 positions).
-        output = ops.einsum(
-            "bskh,bkgts->btkgh",
-            ops.cast(value_cache, compute_dtype),
+        # In the operand order XLA:CPU multiplies the caches as stored in;
+        # in the other it wrote a transposed copy of every layer's cache each
+        # step (gemma3_270m, JAX, batch 1: ~1 ms of a ~20 ms step at 128
+        # positions).
+        output = _einsum_with_cache(
+            "bkgts,bskh->btkgh",
             probabilities[..., :cache_length],
+            ops.cast(value_cache, compute_dtype),
+            values_first,
         ) + ops.einsum(
             "bkgts,bskh->btkgh",
             probabilities[..., cache_length:],
@@ -320,3 +324,13 @@ def _write_rows(cache, positions, new):
     indices = ops.stack([rows, ops.reshape(positions, (-1,))], axis=1)
     updates = ops.reshape(ops.cast(new, cache.dtype), (batch * time, *cache.shape[2:]))
     return ops.scatter_update(cache, indices, updates)
+
+
+def _einsum_with_cache(equation, operand, cache, cache_first):
+    """``einsum(equation, operand, cache)``, given to the backend with the
+    cache first when ``cache_first`` (backend.cache_first_in_attention_products)."""
+    if not cache_first:
+        return ops.einsum(equation, operand, cache)
+    inputs, output = equation.split("->")
+    operand_axes, cache_axes = inputs.split(",")
+    return ops.einsum(f"{cache_axes},{operand_axes}->{output}", cache, operand)

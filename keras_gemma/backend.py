@@ -599,3 +599,23 @@ def _tensorflow_bfloat16_matmul_transposed():
         return tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], tf.shape(matrix)[:1]], 0))
 
     return matmul
+
+
+# -- XLA:CPU: operand order of the attention products over the cache (attention.py) --
+
+
+def cache_first_in_attention_products():
+    """(keys first, values first): operand order of a decode step's cache einsums.
+
+    The same product either way, but XLA:CPU multiplies a batched product
+    without copying only when its operands come in the order its version
+    expects; otherwise it writes a transposed copy of every layer's key or
+    value cache each step. Measured on 18 layers x 128 positions x 256
+    values per head (``benchmarks/README.md``), ms per step at batch 16 / 1:
+    JAX 0.10, keys second and values first 7.2 / 0.50 (each other order
+    16-32 / 0.53-1.24); TensorFlow 2.21, keys first and values second
+    6.3 / 0.82 (JAX's order 10.6 / 1.15). PyTorch: no difference.
+    """
+    if name() == "tensorflow":
+        return True, False
+    return False, True

@@ -164,6 +164,22 @@ def test_greedy_ragged_batch_matches_full_forward_pass(lm, greedy_batch):
     assert len(set(token_ids[0, lengths[0]:].tolist())) > 3
 
 
+@pytest.mark.parametrize("name", ["gemma_mqa", "gemma2"])
+@pytest.mark.parametrize("cache_first", [(False, True), (True, False), (True, True), (False, False)])
+def test_every_cache_operand_order_follows_the_forward_pass(
+    monkeypatch, preprocessor, prompt_batch, cache_first, name
+):
+    # The decode step's cache einsums take their operands in the order the
+    # backend's XLA multiplies without copying (backend.py); every order is
+    # the same product, on every backend.
+    monkeypatch.setattr(keras_gemma.backend, "cache_first_in_attention_products", lambda: cache_first)
+    lm = keras_gemma.GemmaCausalLM(tiny_backbone(name, gain=GAIN), preprocessor)
+    inputs, lengths = prompt_batch
+    token_ids = lm.generate(dict(inputs), stop_token_ids=None)["token_ids"]
+    assert_greedy_continuation(lm, token_ids, lengths)
+    assert len(set(token_ids[0, lengths[0]:].tolist())) > 3
+
+
 def test_greedy_batch_rows_equal_single_prompt_generation(lm, preprocessor, greedy_batch):
     """Padding in the batch does not leak into the shorter prompt."""
     token_ids, lengths = greedy_batch
