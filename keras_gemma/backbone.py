@@ -475,14 +475,28 @@ class GemmaBackbone(keras.Model):
                 )
         return global_mask, local_mask, rotary
 
-    def compute_logits(self, hidden_states):
-        """Projects hidden states to float32 vocabulary logits."""
-        logits = self.token_embedding(hidden_states, reverse=True)
+    def compute_logits(self, hidden_states, lm_head=None):
+        """Projects hidden states to float32 vocabulary logits.
+
+        ``lm_head``: None, or the copy ``transposed_lm_head`` made.
+        """
+        logits = self.token_embedding(hidden_states, reverse=True, transposed=lm_head)
         logits = ops.cast(logits, "float32")
         if self.final_logit_soft_cap is not None:
             cap = self.final_logit_soft_cap
             logits = ops.tanh(logits / cap) * cap
         return logits
+
+    def transposes_lm_head(self, batch_size):
+        """Whether decode loops of ``batch_size`` rows multiply a transposed
+        copy of the tied LM head (``transposed_lm_head``) rather than the
+        matrix as stored (see ``backend.transposes_lm_head``)."""
+        return self.token_embedding.multiplies_transposed(batch_size)
+
+    def transposed_lm_head(self):
+        """The tied LM head as a (hidden_dim, vocabulary_size) copy, for
+        ``compute_logits(..., lm_head=)``."""
+        return self.token_embedding.transposed_matrix()
 
     def init_cache(self, batch_size, max_length, dtype=None):
         """An empty key/value cache: one ``(key, value)`` pair per layer that

@@ -532,6 +532,9 @@ class GemmaCausalLM(keras.Model):
 
     def _decode(self, state, end):
         """Runs the compiled decode loop from ``state["index"]`` to ``end``."""
+        if "lm_head" not in state:
+            # Made once per generation, however many decode calls it takes.
+            state = {**state, "lm_head": self._lm_head_for_decode(state["token_ids"].shape[0])}
         decode = self._compiled(
             "decode",
             lambda: backend.compile_inference(
@@ -547,6 +550,7 @@ class GemmaCausalLM(keras.Model):
             state["finished"],
             ops.convert_to_tensor(state["index"], "int32"),
             ops.convert_to_tensor(end, "int32"),
+            state["lm_head"],
         )
         token_ids = np.asarray(ops.convert_to_numpy(token_tensor)).astype("int32")
         return {
@@ -558,6 +562,17 @@ class GemmaCausalLM(keras.Model):
             "index": int(ops.convert_to_numpy(index)),
             "done": bool(np.all(ops.convert_to_numpy(finished))),
         }
+
+    def _lm_head_for_decode(self, batch_size):
+        """None, or the LM head copy decode loops of ``batch_size`` rows
+        multiply (``backbone.transposes_lm_head``)."""
+        if not self.backbone.transposes_lm_head(batch_size):
+            return None
+        transpose = self._compiled(
+            "lm_head",
+            lambda: backend.compile_inference(self, self.backbone.transposed_lm_head),
+        )
+        return transpose()
 
     def _make_prefill(self, prefill_length, sampler=None):
         """The cache of the first ``prefill_length`` positions; with a
@@ -586,7 +601,7 @@ class GemmaCausalLM(keras.Model):
         backbone = self.backbone
 
         def decode_loop(token_ids, padding_mask, uniforms, stop_ids, cache,
-                        finished, index, end):
+                        finished, index, end, lm_head=None):
             batch_size = ops.shape(token_ids)[0]
 
             def cond(index, token_ids, cache, finished):
@@ -601,7 +616,7 @@ class GemmaCausalLM(keras.Model):
                     hidden, cache = backbone.compute_hidden_states(
                         previous, cache=cache, cache_update_index=index - 1
                     )
-                    logits = backbone.compute_logits(hidden)[:, 0, :]
+                    logits = backbone.compute_logits(hidden, lm_head)[:, 0, :]
                 token_ids, finished = _next_token(
                     sampler, logits, index, token_ids, padding_mask, uniforms,
                     stop_ids, finished,

@@ -37,13 +37,26 @@ class TiedEmbedding(keras.layers.Layer):
             )
         self.built = True
 
-    def call(self, inputs, reverse=False):
+    def call(self, inputs, reverse=False, transposed=None):
+        """``transposed``: with ``reverse``, a (hidden_dim, vocabulary_size)
+        copy of the matrix to multiply instead (see ``transposed_matrix``)."""
         if self.is_int8:
             return self._int8_call(inputs, reverse)
+        if reverse and transposed is not None:
+            return ops.matmul(inputs, transposed)
         embeddings = ops.cast(self.embeddings, self.compute_dtype)
         if reverse:
             return backend.matmul_transposed(inputs, embeddings)
         return ops.take(embeddings, ops.cast(inputs, "int32"), axis=0)
+
+    def multiplies_transposed(self, rows):
+        """Whether ``rows`` rows of a decode loop should multiply
+        ``transposed_matrix()`` (see ``backend.transposes_lm_head``)."""
+        return not self.is_int8 and backend.transposes_lm_head(rows, self.compute_dtype)
+
+    def transposed_matrix(self):
+        """The float matrix as a (hidden_dim, vocabulary_size) copy."""
+        return ops.transpose(ops.cast(self.embeddings, self.compute_dtype))
 
     def _int8_call(self, inputs, reverse):
         dtype = self.compute_dtype

@@ -180,6 +180,38 @@ def test_every_cache_operand_order_follows_the_forward_pass(
     assert len(set(token_ids[0, lengths[0]:].tolist())) > 3
 
 
+@pytest.mark.parametrize("name", ["gemma_mqa", "gemma2"])
+def test_decode_with_the_transposed_lm_head_follows_the_forward_pass(
+    monkeypatch, preprocessor, prompt_batch, name
+):
+    # TensorFlow's batch decode loops multiply a transposed copy of the tied
+    # LM head (backend.transposes_lm_head); forced here on every backend
+    # and batch size, the tokens are still the forward pass's.
+    monkeypatch.setattr(keras_gemma.backend, "transposes_lm_head", lambda rows, dtype: True)
+    lm = keras_gemma.GemmaCausalLM(tiny_backbone(name, gain=GAIN), preprocessor)
+    copies = []
+    make_copy = lm.backbone.token_embedding.transposed_matrix
+    monkeypatch.setattr(
+        lm.backbone.token_embedding, "transposed_matrix",
+        lambda: copies.append(1) or make_copy(),
+    )
+    inputs, lengths = prompt_batch
+    token_ids = lm.generate(dict(inputs), stop_token_ids=None)["token_ids"]
+    assert copies, "the decode loop did not get the transposed copy"
+    assert_greedy_continuation(lm, token_ids, lengths)
+    assert len(set(token_ids[0, lengths[0]:].tolist())) > 3
+
+
+def test_only_tensorflow_float32_batches_transpose_the_lm_head():
+    backbone = tiny_backbone("gemma_mqa")
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    assert backbone.transposes_lm_head(16) == on_tensorflow
+    assert not backbone.transposes_lm_head(1)
+    assert not keras_gemma.backend.transposes_lm_head(16, "bfloat16")
+    backbone.quantize("int8")
+    assert not backbone.transposes_lm_head(16)
+
+
 def test_greedy_batch_rows_equal_single_prompt_generation(lm, preprocessor, greedy_batch):
     """Padding in the batch does not leak into the shorter prompt."""
     token_ids, lengths = greedy_batch
