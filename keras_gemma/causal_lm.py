@@ -25,7 +25,8 @@ keras.saving.register_keras_serializable(package="keras_gemma")(GemmaTokenizer)
 # similar length share one compiled program.
 PREFILL_BUCKET = 32
 # Total lengths (prompt + output) are rounded up to a multiple of this, so a
-# new max_length does not recompile the decode loop.
+# new max_length does not recompile the decode loop. The key/value cache
+# starts smaller and grows to the bucket (_cache_length).
 LENGTH_BUCKET = 128
 
 
@@ -531,6 +532,21 @@ class GemmaCausalLM(keras.Model):
         }
 
     def _decode(self, state, end):
+        """Decodes from ``state["index"]`` to ``end``, growing the cache
+        (``_cache_length``) whenever the next position is past its end."""
+        bucket = state["token_ids"].shape[1]
+        while True:
+            cache_length = state["cache"][0][0].shape[1]
+            # A cache of n positions serves the steps up to index n, which
+            # writes position n - 1.
+            state = self._decode_in_cache(state, min(end, cache_length + 1))
+            if state["done"] or state["index"] >= end:
+                return state
+            cache = list(state.pop("cache"))
+            _grow_cache(cache, _cache_length(state["index"], bucket))
+            state = {**state, "cache": cache}
+
+    def _decode_in_cache(self, state, end):
         """Runs the compiled decode loop from ``state["index"]`` to ``end``."""
         if "lm_head" not in state:
             # Made once per generation, however many decode calls it takes.
@@ -581,7 +597,7 @@ class GemmaCausalLM(keras.Model):
 
         def prefill(token_ids, padding_mask=None, uniforms=None, stop_ids=None, index=None):
             batch_size, length = ops.shape(token_ids)
-            cache = backbone.init_cache(batch_size, length)
+            cache = backbone.init_cache(batch_size, _cache_length(prefill_length, length))
             hidden, cache = backbone.compute_hidden_states(
                 token_ids[:, :prefill_length], cache=cache, cache_update_index=0
             )
@@ -742,6 +758,34 @@ class GemmaCausalLM(keras.Model):
     def load_assets(self, dir_path):
         if self.preprocessor is not None and not self.preprocessor.has_tokenizer:
             self.preprocessor.tokenizer = GemmaTokenizer.load_assets(dir_path)
+
+
+def _cache_length(positions, bucket):
+    """The positions a key/value cache holding ``positions`` gets: the
+    smallest LENGTH_BUCKET times a power of two, at most ``bucket``.
+
+    Every decode step attends to the whole cache, so a cache the length
+    of the bucket would make the first steps of a long generation attend
+    to mostly empty positions (8 + 128 tokens in a bucket of 256: Gemma 3
+    270M's batch-16 step ~10% slower on JAX, ~5% on TensorFlow). Doubling
+    costs at most one copy of the cache and one more compiled decode loop
+    per doubling, and every generation shares those loops.
+    """
+    length = LENGTH_BUCKET
+    while length < positions:
+        length *= 2
+    return min(length, bucket)
+
+
+def _grow_cache(cache, length):
+    """Pads each key and value of ``cache`` (a list, replaced in place) with
+    zeros to ``length`` positions, one layer at a time, so that memory
+    holds at most one layer of the old cache beside the grown one."""
+    for layer, pair in enumerate(cache):
+        cache[layer] = tuple(
+            ops.pad(array, [[0, 0], [0, length - array.shape[1]], [0, 0], [0, 0]])
+            for array in pair
+        )
 
 
 def _next_token(sampler, logits, index, token_ids, padding_mask, uniforms, stop_ids, finished):

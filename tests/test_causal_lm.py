@@ -250,6 +250,49 @@ def test_sliding_window_cached_generation_matches_full_forward_pass(
     assert len(set(generated)) > 4, generated
 
 
+@pytest.mark.parametrize("name", ["gemma_mqa", "gemma2", "gemma3"])
+def test_generation_follows_the_forward_pass_as_the_cache_grows(name, monkeypatch):
+    # The cache starts at LENGTH_BUCKET positions and doubles as generation
+    # passes its end (causal_lm._cache_length): with buckets of 4, prompts
+    # of 8 and 6 tokens and max_length 40 it holds 8, 16, 32 and 40
+    # positions, through the sliding windows of gemma2/3.
+    monkeypatch.setattr(causal_lm, "LENGTH_BUCKET", 4)
+    monkeypatch.setattr(causal_lm, "PREFILL_BUCKET", 4)
+    model = keras_gemma.GemmaCausalLM(tiny_backbone(name, gain=GAIN))
+    lengths = []
+    decode_in_cache = model._decode_in_cache
+    monkeypatch.setattr(
+        model, "_decode_in_cache",
+        lambda state, end: lengths.append(state["cache"][0][0].shape[1]) or decode_in_cache(state, end),
+    )
+    inputs = {"token_ids": TOKEN_IDS[:, :8], "padding_mask": PADDING_MASK[:, :8]}
+    token_ids = model.generate(inputs, max_length=40, stop_token_ids=None)["token_ids"]
+    assert lengths == [8, 16, 32, 40]
+    assert_greedy_continuation(model, token_ids, [8, 6])
+    generated = token_ids[0, 8:].tolist() + token_ids[1, 6:].tolist()
+    assert len(set(generated)) > 4, generated
+    # Decode calls of 3 tokens (as stream's of one, evaluation's of 16)
+    # grow the same cache on the way.
+    lengths.clear()
+    pad = ((0, 0), (0, 32))
+    state = model._start_generation(
+        np.pad(TOKEN_IDS[:, :8], pad), np.pad(PADDING_MASK[:, :8], pad), [], seed=0,
+        sample_first=True,
+    )
+    while state["index"] < 40:
+        state = model._decode(state, end=min(40, state["index"] + 3))
+    np.testing.assert_array_equal(state["token_ids"], token_ids)
+    assert sorted(set(lengths)) == [8, 16, 32, 40]
+
+
+def test_the_cache_starts_at_the_bucket_it_needs():
+    assert causal_lm._cache_length(8, 256) == 128
+    assert causal_lm._cache_length(129, 256) == 256
+    assert causal_lm._cache_length(300, 640) == 512
+    assert causal_lm._cache_length(513, 640) == 640
+    assert causal_lm._cache_length(1, 128) == 128
+
+
 def test_sliding_window_full_forward_differs_from_global_attention():
     """Guards the test above: with these prompts the window changes the
     predictions, so a cache that ignored it would generate other tokens."""

@@ -20,6 +20,7 @@ import pytest
 from conftest import TESTS_DIR, to_numpy
 
 import keras_gemma
+from keras_gemma import causal_lm
 
 DATA = TESTS_DIR / "data"
 ORACLE = np.load(DATA / "hf_gemma4_oracle.npz")
@@ -105,10 +106,16 @@ def causal_lms(tokenizer):
     return lms
 
 
+@pytest.mark.parametrize("length_bucket", [None, 4])
 @pytest.mark.parametrize("name", NAMES)
-def test_greedy_generate_matches_transformers(name, causal_lms):
+def test_greedy_generate_matches_transformers(name, length_bucket, causal_lms, monkeypatch):
     """Batch of two prompts of different lengths against transformers'
-    ``generate`` on each prompt alone."""
+    ``generate`` on each prompt alone. With buckets of 4 the cache starts
+    at 8 positions and grows to 16, then 20 (causal_lm._cache_length),
+    KV-shared layers included."""
+    if length_bucket:
+        monkeypatch.setattr(causal_lm, "LENGTH_BUCKET", length_bucket)
+        monkeypatch.setattr(causal_lm, "PREFILL_BUCKET", length_bucket)
     lm = causal_lms[name]
     expected = ORACLE[f"{name}_greedy"]
     new = expected.shape[1]
