@@ -89,9 +89,9 @@ def test_generation_gives_torch_its_threads_back(monkeypatch):
     model = tiny_model()
     original = model.backbone.compute_logits
 
-    def spy(hidden):
+    def spy(hidden, *args):
         seen.append(torch.get_num_threads())
-        return original(hidden)
+        return original(hidden, *args)
 
     monkeypatch.setattr(model.backbone, "compute_logits", spy)
     greedy(model)
