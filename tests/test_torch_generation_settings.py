@@ -208,37 +208,35 @@ def test_fused_int8_matmul_is_the_dequantized_matmul(monkeypatch, rows):
 
 
 @torch_only
-def test_fused_int8_matmul_compiles_each_row_count_past_dynamos_limit(monkeypatch):
-    # One program per row count (the rows are unrolled): past dynamo's
-    # recompile limit the kernel would silently run as plain PyTorch.
-    import types
-
+def test_fused_int8_matmul_compiles_one_kernel_per_shape(monkeypatch):
+    # Kernels are compiled for static shapes: each new (rows, matrix) pair
+    # compiles one, a pair seen before reuses it, and every one computes
+    # the dequantized product.
     import torch
-    import torch._dynamo
-    from torch._dynamo.utils import counters
 
     from keras_gemma import torch_int8
 
-    kernel = torch_int8._grouped_int8_matmul
-    # A new code object: dynamo keeps programs per code object, so this
-    # copy starts with none, whatever other tests compiled.
-    fresh = types.FunctionType(kernel.__code__.replace(), kernel.__globals__, kernel.__name__)
-    compiled = torch.compile(fresh, dynamic=True)
-    monkeypatch.setattr(torch_int8, "_compiled", lambda: compiled)
-    monkeypatch.setattr(torch_int8, "_COMPILED_FOR", set())
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    monkeypatch.setattr(torch_int8, "_KERNELS", {})
     rng = np.random.default_rng(1)
-    levels = torch.from_numpy(rng.integers(-127, 128, size=(24, 64), dtype=np.int8))
-    scales = torch.from_numpy(rng.uniform(0.01, 0.02, size=(24, 2)).astype("float32"))
-    dequantized = levels.double() * torch.repeat_interleave(scales.double(), 32, dim=1)
+    matrices = []
+    for out_dim, in_dim in ((24, 64), (40, 96)):
+        levels = torch.from_numpy(rng.integers(-127, 128, size=(out_dim, in_dim), dtype=np.int8))
+        scales = torch.from_numpy(rng.uniform(0.01, 0.02, size=(out_dim, in_dim // 32)).astype("float32"))
+        dequantized = levels.double() * torch.repeat_interleave(scales.double(), 32, dim=1)
+        matrices.append((levels, scales, dequantized))
     with torch.no_grad():
-        # Rows 1, 2 and 5 each compile a program; rows 2 again reuses its own.
-        for rows, expected in ((1, 1), (2, 1), (5, 1), (2, 0)):
-            inputs = torch.from_numpy(rng.normal(size=(rows, 64)).astype("float32"))
-            graphs = counters["stats"]["unique_graphs"]
+        for rows, matrix, expected in ((1, 0, 1), (2, 0, 1), (5, 1, 1), (2, 0, 0), (2, 1, 1), (5, 1, 0)):
+            levels, scales, dequantized = matrices[matrix]
+            inputs = torch.from_numpy(rng.normal(size=(rows, levels.shape[1])).astype("float32"))
+            kernels = len(torch_int8._KERNELS)
             result = torch_int8.grouped_int8_matmul(inputs, levels, scales)
             torch.testing.assert_close(result.double(), inputs.double() @ dequantized.T, rtol=1e-5, atol=1e-5)
-            assert counters["stats"]["unique_graphs"] - graphs == expected, rows
+            assert len(torch_int8._KERNELS) - kernels == expected, (rows, matrix)
+        # Inputs with other strides (a transposed view) get the same numbers.
+        levels, scales, dequantized = matrices[0]
+        inputs = torch.from_numpy(rng.normal(size=(64, 3)).astype("float32")).T
+        result = torch_int8.grouped_int8_matmul(inputs, levels, scales)
+        torch.testing.assert_close(result.double(), inputs.double() @ dequantized.T, rtol=1e-5, atol=1e-5)
 
 
 @torch_only
