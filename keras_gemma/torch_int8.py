@@ -16,7 +16,7 @@ single reduction over (rows, out) instead read the whole matrix once per
 row (16 rows of the LM head: 470-710 ms against 165-170 ms float32).
 
 Kernels are compiled for static shapes, one per (rows, matrix shape,
-dtype): inductor then knows the row length and vectorizes it without
+dtype, thread count): inductor then knows the row length and vectorizes it without
 remainders, 2.5-3.5x faster than one kernel for dynamic shapes (Gemma 3
 270M's LM head at 1 row: 8.5 against 28.6 ms; its 1024 x 640 query
 projection 48 against 161 us; benchmarks/README.md, "Sixth round").
