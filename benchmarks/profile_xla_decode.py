@@ -188,7 +188,9 @@ def main():
     tokens = args.new
     span = (max(e["ts"] + e["dur"] for e in run_events) - min(e["ts"] for e in run_events)) / 1e3
     if os.environ.get("PROFILE_TOP"):
-        for (name, label, op_name), ms in top.most_common(int(os.environ["PROFILE_TOP"])):
+        only = os.environ.get("PROFILE_CATEGORY")  # e.g. "other ops"
+        listed = [item for item in top.most_common() if only in (None, item[0][1])]
+        for (name, label, op_name), ms in listed[: int(os.environ["PROFILE_TOP"])]:
             print(f"{ms / tokens:7.3f} {label:12s} {name:28s} {op_name}")
     thunks = sum(totals.values()) / tokens
     print(f"backend {backend}, dtype {args.dtype}, batch {args.batch}, {args.new} new tokens, "

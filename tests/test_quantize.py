@@ -7,10 +7,12 @@ embedding) and dequantized again. The int8 model must give those logits; it must
 close to the unquantized model.
 """
 
+import keras
 import numpy as np
 import pytest
 from conftest import to_numpy
 from test_causal_lm import IDS, MASK, assert_greedy_continuation, assert_raised_by_us, tiny_backbone
+from tiny_models import TINY_CONFIGS
 
 import keras_gemma
 from keras_gemma.checkpoints import assign_weights
@@ -273,3 +275,38 @@ def test_every_batch_size_traces_the_decode_loop_with_static_shapes(monkeypatch,
     if keras_gemma.backend.compiles_loops():
         assert seen and None not in seen, seen
         assert {1, 2} <= set(seen), seen
+
+
+def test_int8_prefill_dequantizes_each_matrix_just_before_its_product(monkeypatch, preprocessor):
+    # The compiled prefill must not hold every dequantized matrix at once
+    # (Gemma 3 270M: a ~400 MB temporary, page-faulted in on every call).
+    # JAX reports the compiled program's temporary size; the schedule it
+    # checks is XLA's, which TensorFlow shares.
+    if keras.config.backend() != "jax":
+        pytest.skip("reads the compiled program's memory analysis, which JAX exposes")
+    import jax
+
+    from keras_gemma import xla_cpu
+
+    config = {**TINY_CONFIGS["gemma3"], "num_layers": 4, "hidden_dim": 256,
+              "intermediate_dim": 1024, "head_dim": 64}
+    model = keras_gemma.GemmaCausalLM(keras_gemma.GemmaBackbone(**config), preprocessor)
+    model.quantize("int8")
+    projections = [v for v in model.backbone.weights
+                   if str(v.dtype) == "int8" and "token_embedding" not in v.path]
+    dequantized_bytes = sum(4 * int(np.prod(v.shape)) for v in projections)
+    prefill = model._make_prefill(32)
+
+    def temporary_bytes():
+        def stateless(values, token_ids):
+            with keras.StatelessScope(state_mapping=list(zip(model.variables, values))):
+                return prefill(token_ids)
+
+        values = [v.value for v in model.variables]
+        compiled = jax.jit(stateless).lower(values, np.ones((1, 128), "int32")).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    assert temporary_bytes() < 0.4 * dequantized_bytes
+    # ... which the check can tell from the schedule without the dependency.
+    monkeypatch.setattr(xla_cpu, "after", lambda done, values: values)
+    assert temporary_bytes() > 0.6 * dequantized_bytes
